@@ -1,0 +1,56 @@
+"""Argument checks shared by the attacks: each raises ``ValueError`` naming the bad value and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .objective import batch_len
+
+
+def check_images(x: Any) -> Tensor:
+    """``x`` must be a floating ``(B, C, H, W)`` tensor with finite values in ``[0, 1]`` and ``B >= 1``."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"images must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
+    if x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"images must hold at least one non-empty image, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("images contain NaN or Inf; pixel values must be finite and in [0, 1]")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"images must have values in [0, 1] (before normalisation), got min {lo:.4g}, max {hi:.4g}")
+    return x
+
+
+def check_targets(x: Tensor, targets: Any) -> None:
+    """``targets`` must describe exactly one entry per image."""
+    n = batch_len(targets)
+    if n != x.shape[0]:
+        raise ValueError(f"targets describe {n} samples but the image batch has {x.shape[0]}")
+    if isinstance(targets, Tensor) and targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+        raise ValueError("targets contain NaN or Inf")
+
+
+def check_positive_int(name: str, value: Any, maximum: int | None = None, what: str = "") -> int:
+    """``value`` must be an int in ``[1, maximum]``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value} exceeds the {maximum} {what or 'available'}")
+    return value
+
+
+def check_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
+    """``value`` must be a real number in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value > high or value < low or (low_open and value == low):
+        left = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {left}{low}, {high}], got {value!r}")
+    return float(value)
