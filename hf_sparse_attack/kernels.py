@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from matplotlib.path import Path
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -79,18 +80,12 @@ def _heart(size: int) -> Tensor:
 
 
 def _star(size: int) -> Tensor:
-    scale = 8  # draw large, then sample the centre of each pixel
-    big = size * scale
-    r_out, r_in = big / 2, big / 2 * 0.45
-    points = []
-    for i in range(10):
-        r = r_out if i % 2 == 0 else r_in
-        a = -math.pi / 2 + i * math.pi / 5
-        points.append((big / 2 + r * math.cos(a), big / 2 + 0.05 * big + r * math.sin(a)))
-    img = Image.new("L", (big, big), 0)
-    ImageDraw.Draw(img).polygon(points, fill=1)
-    arr = np.asarray(img)[scale // 2 :: scale, scale // 2 :: scale]
-    return torch.from_numpy(arr.astype(np.float32))
+    xx, yy = _grid(size)
+    angles = [math.pi / 2 + i * math.pi / 5 for i in range(10)]
+    radii = [1.0 if i % 2 == 0 else 0.45 for i in range(10)]
+    vertices = [(r * math.cos(a), r * math.sin(a) - 0.1) for r, a in zip(radii, angles)]
+    inside = Path(vertices).contains_points(torch.stack((xx, yy), -1).reshape(-1, 2).numpy(), radius=1e-9)
+    return torch.from_numpy(inside.reshape(size, size).astype(np.float32))
 
 
 SHAPES: dict[str, Callable[[int], Tensor]] = {"cross": _cross, "diamond": _diamond, "heart": _heart, "star": _star}

@@ -55,7 +55,10 @@ class SparsePGD:
         epsilon: L-inf bound on the magnitude of perturbed pixels (1.0: only the [0, 1] box).
         alpha: step on the magnitude, as a fraction of ``epsilon``.
         beta: step on the mask logits, times ``sqrt(number of mask positions)``.
-        patience: iterations with an unchanged top-k support before the mask is re-initialised.
+        patience: iterations with an unchanged top-k support before the mask is re-initialised. With the projected
+            gradient the magnitude is re-drawn too: it only moves under the mask, so outside it the initial random
+            draw would otherwise steer every later mask (the authors' code keeps it; re-drawing lowers robust
+            accuracy of the digits CNN at k=2 from 47.7% to 37.9% in 100 steps).
         unprojected: step the magnitude with the unprojected gradient (through ``sigmoid(m_tilde)``); ``False`` uses
             the projected (sparse) gradient through the binary mask.
         targeted: plain classifiers only; ``targets`` are then target classes and success means hitting them.
@@ -125,9 +128,8 @@ class SparsePGD:
         eps, k = self.epsilon, self.k
         mask_step = self.beta * math.sqrt(grid[0] * grid[1])
 
-        s = _Active(x, targets, todo, gens, out)
-        p = (rng.rand(s.gens, x.shape[1:], x.dtype) * 2 - 1).mul_(eps)
-        p = torch.max(torch.min(p, s.hi), s.lo)
+        s = _Active(x, targets, todo, gens, out, eps)
+        p = torch.clamp((rng.rand(s.gens, x.shape[1:], x.dtype) * 2 - 1).mul_(eps), s.lo, s.hi)
         m_tilde = rng.randn(s.gens, (1, *grid), x.dtype)
         support = topk_mask(m_tilde, k)
         previous = torch.empty_like(support)
@@ -135,18 +137,18 @@ class SparsePGD:
 
         for _ in range(self.steps):
             pixels = to_pixels(support)
-            candidate = (s.x + p).clamp_(0, 1)
-            if self.quantize:
-                candidate = quantize_8bit(candidate)
-            x_adv = torch.where(pixels.bool(), candidate, s.x).requires_grad_(True)
+            x_adv = torch.add(s.x, p)  # inside [0, 1] up to rounding: p is kept in [-x, 1 - x]
+            x_adv = quantize_8bit(x_adv) if self.quantize else x_adv.clamp_(0, 1)
+            x_adv = torch.where(pixels.bool(), x_adv, s.x, out=x_adv).requires_grad_(True)
             with torch.enable_grad():
                 loss, success = evaluate(objective, x_adv, s.targets)
                 (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            s.record(x_adv.detach(), loss.detach(), success, support)
+            better = s.record(loss.detach(), success, support)
 
             stuck = unchanged >= self.patience
-            flags = torch.stack((success, stuck & ~success)).cpu()  # the one host sync per iteration
-            done, restart = flags[0], flags[1]
+            flags = torch.stack((success, stuck & ~success, better)).cpu()  # the one host sync per iteration
+            done, restart, better = flags.unbind(0)
+            s.keep_best(x_adv.detach(), better)
             if done.any():
                 s.write(out, done)
                 keep = (~done).nonzero().flatten()
@@ -162,17 +164,21 @@ class SparsePGD:
             restart = restart.nonzero().flatten().tolist()
 
             sig = torch.sigmoid(m_tilde)
-            grad_p = grad * (to_pixels(sig) if self.unprojected else pixels)
-            grad_m = to_grid((grad * p).sum(1, keepdim=True)).mul_(sig * (1 - sig))
-            if restart:  # a stuck sample restarts from a new mask, keeping its magnitude
+            grad_m = to_grid(torch.linalg.vecdot(grad, p, dim=1).unsqueeze(1)).mul_(sig * (1 - sig))
+            # Magnitude step direction: sign(grad * sigmoid(m_tilde)) = sign(grad) since the sigmoid is positive
+            # (unprojected); sign(grad * m) with the binary mask m (projected).
+            direction = grad.sign() if self.unprojected else grad.sign().mul_(pixels)
+            if restart:  # a stuck sample restarts from a new random mask (and magnitude, see the class docstring)
                 rows = torch.tensor(restart, device=x.device)
-                grad_p.index_fill_(0, rows, 0)
+                direction.index_fill_(0, rows, 0)
                 grad_m.index_fill_(0, rows, 0)
                 m_tilde[rows] = rng.randn([s.gens[i] for i in restart], (1, *grid), x.dtype)
+                if not self.unprojected:
+                    fresh = (rng.rand([s.gens[i] for i in restart], x.shape[1:], x.dtype) * 2 - 1).mul_(eps)
+                    p[rows] = torch.clamp(fresh, s.lo[rows], s.hi[rows])
                 unchanged.index_fill_(0, rows, 0)
 
-            p.add_(grad_p.sign_(), alpha=self.alpha * eps).clamp_(-eps, eps)
-            p = torch.max(torch.min(p, s.hi, out=p), s.lo, out=p)
+            p = torch.clamp(p.add_(direction, alpha=self.alpha * eps), s.lo, s.hi, out=p)
             norm = grad_m.flatten(1).norm(dim=1)
             step = torch.where(norm > 2e-10, mask_step / (norm + 1e-10), torch.zeros_like(norm))
             m_tilde.add_(grad_m.mul_(step.view(-1, 1, 1, 1)))
@@ -203,10 +209,10 @@ class _Outcome:
 class _Active:
     """The samples still being attacked, with their best iterate so far (success first, then highest loss)."""
 
-    def __init__(self, x: Tensor, targets: Any, todo: list[int], gens: list, out: _Outcome) -> None:
+    def __init__(self, x: Tensor, targets: Any, todo: list[int], gens: list, out: _Outcome, eps: float) -> None:
         self.index = torch.tensor(todo, device=x.device)
         self.x = x.index_select(0, self.index)
-        self.lo, self.hi = -self.x, 1 - self.x
+        self.lo, self.hi = (-self.x).clamp_(min=-eps), (1 - self.x).clamp_(max=eps)  # box and L-inf bound
         self.targets = select(targets, self.index)
         self.gens = [gens[i] for i in todo]
         self.iterations = torch.zeros(len(todo), dtype=torch.long, device=x.device)
@@ -215,15 +221,23 @@ class _Active:
         self.success = torch.zeros(len(todo), dtype=torch.bool, device=x.device)
         self.groups = None if out.groups is None else out.groups.index_select(0, self.index)
 
-    def record(self, x_adv: Tensor, loss: Tensor, success: Tensor, support: Tensor) -> None:
+    def record(self, loss: Tensor, success: Tensor, support: Tensor) -> Tensor:
+        """Update losses, success and placements; return which samples improved (their images: keep_best)."""
         self.iterations += 1
         better = success | (loss > self.loss)
         torch.where(better, loss.to(self.loss.dtype), self.loss, out=self.loss)
         self.success |= success
-        better = better.view(-1, 1, 1, 1)
-        torch.where(better, x_adv, self.best, out=self.best)
         if self.groups is not None:
-            torch.where(better, support.bool(), self.groups, out=self.groups)
+            torch.where(better.view(-1, 1, 1, 1), support.bool(), self.groups, out=self.groups)
+        return better
+
+    def keep_best(self, x_adv: Tensor, better: Tensor) -> None:
+        """Copy the images of the improved samples only (``better`` is on the host)."""
+        if better.all():
+            self.best.copy_(x_adv)
+        elif better.any():
+            rows = better.nonzero().flatten().to(x_adv.device)
+            self.best.index_copy_(0, rows, x_adv.index_select(0, rows))
 
     def write(self, out: _Outcome, rows: Tensor) -> None:
         rows = rows.to(self.index.device).nonzero().flatten()
