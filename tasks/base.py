@@ -1,0 +1,89 @@
+"""What the three task adapters share: model, processor, in-forward normalisation and the Objective protocol.
+
+Every adapter (:mod:`tasks.classification`, :mod:`tasks.detection`, :mod:`tasks.segmentation`) is an
+:class:`hf_sparse_attack.Objective` over pixels ``x (B, C, H, W)`` in ``[0, 1]`` at model resolution, plus what an
+evaluation needs around an attack:
+
+- ``prepare(images, annotations=None) -> (x, targets)``: processor resize/crop/pad, targets in that frame (from
+  ``clean_targets(x)`` when no annotations are given);
+- ``loss``, ``success``, ``loss_and_success`` (one forward pass);
+- ``predict(x)``: what metrics consume; ``to_original(predictions, original_sizes)``: back to the image's size;
+- ``clean_targets(x)``: the model's own prediction, used as targets when there is no ground truth.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .pixels import Normalizer
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is ``True`` or ``False`` (options are validated before any loading)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+class TaskObjective(ABC):
+    """Base of the adapters. Subclasses set ``task`` and ``options_class`` and implement the abstract methods.
+
+    Attributes:
+        task: ``"classification"``, ``"detection"`` or ``"segmentation"``.
+        model: the Hugging Face model (eval mode, frozen parameters when built by :func:`tasks.load_task`).
+        processor: its image processor (used for resize/crop/pad only; see :mod:`tasks.pixels`).
+        name_or_path: where the model came from (Hub name or directory), for reports.
+        options: the adapter's frozen options dataclass (loss, thresholds, ...), printable and comparable.
+        normalize: the processor's rescale and normalisation in torch, applied in every forward pass.
+    """
+
+    task: ClassVar[str]
+    options_class: ClassVar[type]
+
+    def __init__(self, model: Any, processor: Any, name_or_path: str = "", options: Any = None) -> None:
+        if options is None:
+            options = self.options_class()
+        if not isinstance(options, self.options_class):
+            raise ValueError(f"options must be a {self.options_class.__name__}, got {type(options).__name__}")
+        self.model = model
+        self.processor = processor
+        self.name_or_path = str(name_or_path)
+        self.options = options
+        parameter = next(model.parameters())
+        self.device = parameter.device
+        self.normalize = Normalizer.from_processor(processor, parameter.device, parameter.dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name_or_path!r}, {self.options})"
+
+    @abstractmethod
+    def loss_and_success(self, x: Tensor, targets: Any) -> tuple[Tensor, Tensor]:
+        """``(loss (B,), success (B,) bool)`` from one forward pass; the loss is to be maximised."""
+
+    def loss(self, x: Tensor, targets: Any) -> Tensor:
+        """``(B,)`` per-sample loss, differentiable with respect to ``x``."""
+        return self.loss_and_success(x, targets)[0]
+
+    def success(self, x: Tensor, targets: Any) -> Tensor:
+        """``(B,)`` bool: the attack goal is reached for this sample."""
+        with torch.no_grad():
+            return self.loss_and_success(x, targets)[1]
+
+    @abstractmethod
+    def prepare(self, images: Any, annotations: Any = None) -> tuple[Tensor, Any]:
+        """Pixels in ``[0, 1]`` at model resolution and targets in that frame."""
+
+    @abstractmethod
+    def predict(self, x: Tensor) -> Any:
+        """Predictions on ``x`` in the prepared frame."""
+
+    @abstractmethod
+    def clean_targets(self, x: Tensor) -> Any:
+        """The model's prediction on ``x`` in the format of targets."""
+
+    @abstractmethod
+    def to_original(self, predictions: Any, original_sizes: Any) -> Any:
+        """``predictions`` (or targets) mapped back to the original image sizes ``[(height, width), ...]``."""

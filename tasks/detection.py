@@ -1,0 +1,367 @@
+"""Object detection adapter for the DETR family: set prediction with ``logits (B, Q, K)`` and ``pred_boxes``.
+
+Two kinds of class heads are supported (:data:`DETECTION_HEADS`): *softmax* heads (DETR, Table Transformer, YOLOS)
+with ``K = C + 1`` logits, the last one "no object", and *sigmoid* heads (Conditional, Deformable and DAB-DETR)
+with ``K = C`` independent logits. Scores and detections follow each family's Hugging Face post-processing:
+softmax — one detection per query, its best real class; sigmoid — the best ``(query, class)`` pairs, at most
+:data:`MAX_DETECTIONS`; a detection is kept when its score is ``>= score_threshold`` (Hugging Face: ``>``).
+
+Frames and formats (the same for targets and predictions, so both round-trip through :meth:`to_original`):
+
+- ``x (B, 3, H, W)`` holds the processor's resized images padded bottom/right to a common size (zeros). A
+  target/prediction dict holds ``"labels"`` ``LongTensor (n,)``, ``"boxes"`` ``FloatTensor (n, 4)`` pixel xyxy in
+  the resized image (origin top-left, so the same numbers in the padded frame) and ``"size"`` ``LongTensor (2,)``,
+  the ``(height, width)`` of the resized image inside the padding; predictions add ``"scores"`` ``(n,)``.
+- In the forward pass the pixels outside each ``size`` are zero after normalisation and masked with
+  ``pixel_mask``: the model gets exactly what the processor gives it for the padded batch. (As with Hugging
+  Face's own batched inference, features near the padding border, hence predictions, can differ slightly from
+  those of the image alone.) The model's normalised boxes are relative to ``size`` (DETR's convention with a
+  pixel mask, and the one of ``post_process_object_detection(target_sizes=...)``).
+- Padded pixels get no gradient, but an attack may still place budget on them; attack images of one size (or
+  batches of one) when the exact budget on real pixels matters.
+
+Losses, per image and without any collective (``outputs.loss`` is never used):
+
+- ``"hungarian"``: DETR's set loss. Queries are matched to targets per image with the config's matching costs
+  (:mod:`tasks.matching`); then class loss + ``bbox_loss_coefficient`` * L1 + ``giou_loss_coefficient`` *
+  (1 - GIoU), the box terms summed over matched pairs and divided by ``max(n, 1)``. Class loss: softmax heads, the
+  cross-entropy over all queries with weight ``eos_coefficient`` on "no object", a weighted mean; sigmoid heads,
+  the sigmoid focal loss (``focal_alpha``, gamma 2) summed over queries and classes, divided by ``max(n, 1)``
+  and weighted 1, as Hugging Face's loss does. Auxiliary decoder outputs are not used. For one image this equals
+  the model's own ``outputs.loss`` (with ``auxiliary_loss=False``); :meth:`DetectionObjective.hungarian_terms`
+  gives the sums behind it.
+- ``"vanish"``: the mean over queries of ``log P(no object)`` — ``log softmax`` of the no-object logit, or
+  ``sum_c log(1 - sigmoid(z_c))`` for sigmoid heads. Maximising it drives every query's object probability down;
+  its gradient is dominated by the queries still confident about an object.
+
+Success: no target is still detected, i.e. no detection with score ``>= score_threshold``, the target's label
+and IoU ``>= iou_threshold`` with it. An image without targets is vacuously successful (nothing to remove).
+
+>>> import numpy as np, transformers as hf
+>>> backbone = hf.ResNetConfig(embedding_size=8, hidden_sizes=[8] * 4, depths=[1] * 4, layer_type="basic",
+...                            out_features=["stage4"])
+>>> config = hf.DetrConfig(use_timm_backbone=False, backbone_config=backbone, d_model=16, encoder_layers=1,
+...                        decoder_layers=1, encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=5, num_labels=2)
+>>> objective = DetectionObjective(
+...     hf.DetrForObjectDetection(config).eval().requires_grad_(False),
+...     hf.DetrImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 64}),
+... )
+>>> images = [np.zeros((40, 60, 3), np.uint8), np.zeros((60, 40, 3), np.uint8)]
+>>> x, targets = objective.prepare(images, [{"boxes": [[6, 4, 30, 20]], "labels": [1]}, {"boxes": [], "labels": []}])
+>>> tuple(x.shape), [t["size"].tolist() for t in targets], targets[0]["boxes"]
+((2, 3, 48, 48), [[32, 48], [48, 32]], tensor([[ 4.8000,  3.2000, 24.0000, 16.0000]]))
+>>> objective.loss(x, targets).shape
+torch.Size([2])
+>>> objective.to_original(targets, [(40, 60), (60, 40)])[0]["boxes"]
+tensor([[ 6.,  4., 30., 20.]])
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hf_sparse_attack.validation import check_range
+
+from .base import TaskObjective
+from .boxes import box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
+from .matching import match_queries
+from .pixels import image_list, image_size, processor_pixels
+
+#: Model types of the DETR family and how their class logits score objects.
+DETECTION_HEADS = {
+    "detr": "softmax",
+    "table-transformer": "softmax",
+    "yolos": "softmax",
+    "conditional_detr": "sigmoid",
+    "deformable_detr": "sigmoid",
+    "dab-detr": "sigmoid",
+}
+#: At most this many detections per image (Hugging Face's ``top_k`` for sigmoid heads).
+MAX_DETECTIONS = 100
+DETECTION_LOSSES = ("hungarian", "vanish")
+_FOCAL_GAMMA = 2.0
+_MATCHER_FOCAL_ALPHA = 0.25  # fixed in the sigmoid matcher's class cost, as in Deformable DETR
+
+
+@dataclass(frozen=True)
+class DetectionOptions:
+    """``loss``: ``"hungarian"`` or ``"vanish"``; a target counts as detected by a prediction with score
+    ``>= score_threshold``, the same label and IoU ``>= iou_threshold``."""
+
+    loss: str = "hungarian"
+    score_threshold: float = 0.5
+    iou_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.loss not in DETECTION_LOSSES:
+            raise ValueError(f"unknown detection loss {self.loss!r}; allowed: {list(DETECTION_LOSSES)}")
+        check_range("score_threshold", self.score_threshold, 0.0, 1.0)
+        check_range("iou_threshold", self.iou_threshold, 0.0, 1.0, low_open=True)
+
+
+class SetLossTerms(NamedTuple):
+    """Per-image sums behind the Hungarian loss, each ``(B,)``.
+
+    The loss of image ``i`` is ``class_sum/class_norm + bbox_coef * l1_sum/max(n, 1) + giou_coef *
+    giou_sum/max(n, 1)``. A batch-pooled loss (as ``outputs.loss`` computes it) divides the sums over the batch by
+    the pooled normalisers instead.
+    """
+
+    class_sum: Tensor  # weighted cross-entropy (softmax heads) or focal loss (sigmoid heads) over all queries
+    class_norm: Tensor  # sum of the cross-entropy weights (softmax heads) or max(n, 1) (sigmoid heads)
+    l1_sum: Tensor  # L1 distance of matched normalised cxcywh boxes
+    giou_sum: Tensor  # 1 - GIoU of matched boxes
+    num_boxes: Tensor  # n, the number of targets
+
+
+class DetectionObjective(TaskObjective):
+    """DETR-family detector objective over pixels in ``[0, 1]`` (see the module docstring for formats)."""
+
+    task = "detection"
+    options_class = DetectionOptions
+
+    def __init__(self, model: Any, processor: Any, name_or_path: str = "", options: Any = None) -> None:
+        super().__init__(model, processor, name_or_path, options)
+        model_type = model.config.model_type
+        if model_type not in DETECTION_HEADS:
+            raise ValueError(f"{model_type!r} is not a supported detector; supported: {sorted(DETECTION_HEADS)}")
+        self.sigmoid = DETECTION_HEADS[model_type] == "sigmoid"
+        self._takes_pixel_mask = "pixel_mask" in inspect.signature(model.forward).parameters
+
+    def outputs(self, x: Tensor, sizes: Any = None) -> tuple[Tensor, Tensor]:
+        """``(logits (B, Q, K), boxes (B, Q, 4))`` in float32; boxes normalised cxcywh relative to ``sizes``."""
+        sizes = self._sizes(x, sizes)
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device)[None, :, None] < sizes[:, 0, None, None]
+        cols = torch.arange(w, device=x.device)[None, None, :] < sizes[:, 1, None, None]
+        valid = rows & cols
+        pixels = self.normalize(x) * valid[:, None].to(self.normalize.dtype)
+        extra = {"pixel_mask": valid.long()} if self._takes_pixel_mask else {}
+        out = self.model(pixel_values=pixels, **extra)
+        return out.logits.float(), out.pred_boxes.float()
+
+    def loss_and_success(self, x: Tensor, targets: list[dict]) -> tuple[Tensor, Tensor]:
+        sizes = self._sizes(x, [t.get("size") for t in targets])
+        logits, boxes = self.outputs(x, sizes)
+        if self.options.loss == "vanish":
+            loss = self._vanish(logits)
+        else:
+            loss = self._combine(self._set_loss_terms(logits, boxes, targets, sizes))
+        with torch.no_grad():
+            detections = self._detections(logits, boxes, sizes, self.options.score_threshold)
+            success = torch.tensor(
+                [not self._still_detected(d, t) for d, t in zip(detections, targets)], device=x.device
+            )
+        return loss, success
+
+    def hungarian_terms(self, x: Tensor, targets: list[dict]) -> SetLossTerms:
+        """The per-image sums behind the ``"hungarian"`` loss (to compare with a batch-pooled reference)."""
+        sizes = self._sizes(x, [t.get("size") for t in targets])
+        logits, boxes = self.outputs(x, sizes)
+        return self._set_loss_terms(logits, boxes, targets, sizes)
+
+    def predict(self, x: Tensor, sizes: Any = None, score_threshold: float | None = None) -> list[dict]:
+        """Detections per image: dicts of ``boxes`` (pixel xyxy), ``scores``, ``labels`` and ``size``.
+
+        ``sizes``: ``(height, width)`` of each resized image inside the padding (the targets' ``"size"``), default
+        the whole of ``x``. ``score_threshold``: default the objective's (e.g. pass 0 for mAP).
+        """
+        threshold = self.options.score_threshold if score_threshold is None else score_threshold
+        sizes = self._sizes(x, sizes)
+        with torch.no_grad():
+            logits, boxes = self.outputs(x, sizes)
+            return self._detections(logits, boxes, sizes, threshold)
+
+    def clean_targets(self, x: Tensor, sizes: Any = None) -> list[dict]:
+        """The clean detections above the score threshold, as targets (``labels``, ``boxes``, ``size``)."""
+        return [{key: d[key] for key in ("labels", "boxes", "size")} for d in self.predict(x, sizes)]
+
+    def prepare(self, images: Any, annotations: Any = None) -> tuple[Tensor, list[dict]]:
+        """Resized and padded pixels ``(B, 3, H, W)`` in ``[0, 1]`` and one target dict per image.
+
+        ``annotations``: per image a dict with ``"boxes"`` ``(n, 4)`` pixel xyxy in the *original* image and
+        ``"labels"`` ``(n,)``; boxes are clipped to the image, empty ones dropped, then scaled with the image.
+        Without annotations the targets are :meth:`clean_targets`.
+        """
+        images = image_list(images)
+        batch = processor_pixels(self.processor, images)
+        x = batch["pixel_values"].to(self.device)
+        if "pixel_mask" in batch:
+            mask = batch["pixel_mask"].bool()
+            sizes = torch.stack((mask.any(2).sum(1), mask.any(1).sum(1)), dim=1).to(self.device)
+        else:
+            sizes = self._sizes(x, None)
+        if annotations is None:
+            return x, self.clean_targets(x, sizes)
+        annotations = [annotations] if isinstance(annotations, dict) else list(annotations)
+        if len(annotations) != len(images):
+            raise ValueError(f"got {len(annotations)} annotations for {len(images)} images")
+        targets = [
+            self._resize_annotation(a, image_size(image), size) for a, image, size in zip(annotations, images, sizes)
+        ]
+        return x, targets
+
+    def to_original(self, predictions: list[dict], original_sizes: Sequence) -> list[dict]:
+        """Boxes scaled from each dict's ``size`` to ``original_sizes[i] = (height, width)``; other keys kept."""
+        out = []
+        for prediction, original in zip(predictions, original_sizes, strict=True):
+            boxes = torch.as_tensor(prediction["boxes"], dtype=torch.float32)
+            size = torch.as_tensor(prediction["size"]).to(boxes)
+            original = torch.as_tensor(original).to(boxes)
+            scale = (original / size).flip(0).repeat(2)
+            out.append({**prediction, "boxes": boxes * scale, "size": original.long()})
+        return out
+
+    def _sizes(self, x: Tensor, sizes: Any) -> Tensor:
+        """``(B, 2)`` long ``(height, width)`` per image; ``None`` entries (or ``sizes=None``) mean all of ``x``."""
+        full = torch.tensor(x.shape[-2:], device=x.device)
+        if sizes is None:
+            return full.expand(x.shape[0], 2)
+        if isinstance(sizes, Tensor):
+            return sizes.to(device=x.device, dtype=torch.long).reshape(x.shape[0], 2)
+        return torch.stack([full if s is None else torch.as_tensor(s, device=x.device).long() for s in sizes])
+
+    def _resize_annotation(self, annotation: dict, original: tuple[int, int], size: Tensor) -> dict:
+        boxes = torch.as_tensor(annotation["boxes"], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.as_tensor(annotation["labels"], dtype=torch.long).reshape(-1)
+        if len(labels) != len(boxes):
+            raise ValueError(f"an annotation has {len(boxes)} boxes but {len(labels)} labels")
+        num_labels = self.model.config.num_labels
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
+            raise ValueError(f"labels must be class ids in [0, {num_labels}), got {labels.tolist()}")
+        height, width = original
+        boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([width, height, width, height], dtype=torch.float32))
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        scale = (size.float().cpu() / torch.tensor([height, width], dtype=torch.float32)).flip(0).repeat(2)
+        return {
+            "labels": labels[keep].to(self.device),
+            "boxes": (boxes[keep] * scale).to(self.device),
+            "size": size.to(self.device),
+        }
+
+    def _detections(self, logits: Tensor, boxes: Tensor, sizes: Tensor, threshold: float) -> list[dict]:
+        if self.sigmoid:
+            probs = logits.sigmoid().flatten(1)
+            scores, index = probs.topk(min(MAX_DETECTIONS, probs.shape[1]), dim=1)
+            labels, queries = index % logits.shape[-1], index // logits.shape[-1]
+        else:
+            scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+            queries = scores.argsort(dim=1, descending=True)[:, :MAX_DETECTIONS]
+            scores, labels = scores.gather(1, queries), labels.gather(1, queries)
+        pixel_boxes = cxcywh_to_xyxy(boxes) * sizes.flip(1).repeat(1, 2)[:, None].to(boxes)
+        out = []
+        for i in range(logits.shape[0]):
+            keep = scores[i] >= threshold
+            out.append(
+                {
+                    "boxes": pixel_boxes[i, queries[i, keep]],
+                    "scores": scores[i, keep],
+                    "labels": labels[i, keep],
+                    "size": sizes[i],
+                }
+            )
+        return out
+
+    def _still_detected(self, detections: dict, target: dict) -> bool:
+        boxes = torch.as_tensor(target["boxes"], device=detections["boxes"].device).float().reshape(-1, 4)
+        labels = torch.as_tensor(target["labels"], device=boxes.device).long().reshape(-1)
+        if labels.numel() == 0 or detections["labels"].numel() == 0:
+            return False
+        iou = box_iou(boxes[:, None], detections["boxes"][None])
+        same = labels[:, None] == detections["labels"][None]
+        return bool(((iou >= self.options.iou_threshold) & same).any())
+
+    def _vanish(self, logits: Tensor) -> Tensor:
+        if self.sigmoid:
+            return -F.softplus(logits).sum(-1).mean(1)
+        return logits.log_softmax(-1)[..., -1].mean(1)
+
+    def _set_loss_terms(self, logits: Tensor, boxes: Tensor, targets: list[dict], sizes: Tensor) -> SetLossTerms:
+        config = self.model.config
+        b, q, k = logits.shape
+        device = logits.device
+        batch_index, query_index, target_boxes, target_labels, counts = [], [], [], [], []
+        with torch.no_grad():
+            probs = logits.sigmoid() if self.sigmoid else logits.softmax(-1)
+        for i, target in enumerate(targets):
+            labels = torch.as_tensor(target["labels"], device=device).long().reshape(-1)
+            scale = sizes[i].flip(0).repeat(2).to(boxes)
+            normalised = xyxy_to_cxcywh(torch.as_tensor(target["boxes"], device=device).float().reshape(-1, 4) / scale)
+            counts.append(len(labels))
+            if len(labels) == 0:
+                continue
+            rows, cols = match_queries(
+                self._class_cost(probs[i], labels),
+                boxes[i],
+                normalised,
+                config.class_cost,
+                config.bbox_cost,
+                config.giou_cost,
+            )
+            batch_index.append(torch.full_like(rows, i))
+            query_index.append(rows)
+            target_boxes.append(normalised[cols])
+            target_labels.append(labels[cols])
+        num_boxes = torch.tensor(counts, device=device, dtype=torch.float32)
+        if batch_index:
+            batch_index, query_index = torch.cat(batch_index), torch.cat(query_index)
+            target_boxes, target_labels = torch.cat(target_boxes), torch.cat(target_labels)
+        else:
+            batch_index = query_index = target_labels = torch.zeros(0, dtype=torch.long, device=device)
+            target_boxes = torch.zeros(0, 4, device=device)
+
+        matched = boxes[batch_index, query_index]
+        l1 = (matched - target_boxes).abs().sum(1)
+        giou = 1 - generalized_box_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(target_boxes))
+        l1_sum = torch.zeros(b, device=device).index_add(0, batch_index, l1)
+        giou_sum = torch.zeros(b, device=device).index_add(0, batch_index, giou)
+
+        if self.sigmoid:
+            onehot = torch.zeros_like(logits)
+            onehot[batch_index, query_index, target_labels] = 1.0
+            focal = _sigmoid_focal(logits, onehot, config.focal_alpha)
+            class_sum, class_norm = focal.sum((1, 2)), num_boxes.clamp(min=1)
+        else:
+            classes = torch.full((b, q), k - 1, dtype=torch.long, device=device)
+            classes[batch_index, query_index] = target_labels
+            weight = torch.ones(k, device=device)
+            weight[-1] = config.eos_coefficient
+            nll = F.cross_entropy(logits.transpose(1, 2), classes, reduction="none")
+            per_query = weight[classes]
+            class_sum, class_norm = (per_query * nll).sum(1), per_query.sum(1)
+        return SetLossTerms(class_sum, class_norm, l1_sum, giou_sum, num_boxes)
+
+    def _combine(self, terms: SetLossTerms) -> Tensor:
+        config = self.model.config
+        boxes = terms.num_boxes.clamp(min=1)
+        return (
+            terms.class_sum / terms.class_norm
+            + config.bbox_loss_coefficient * terms.l1_sum / boxes
+            + config.giou_loss_coefficient * terms.giou_sum / boxes
+        )
+
+    def _class_cost(self, probs: Tensor, labels: Tensor) -> Tensor:
+        """``(Q, n)`` matching cost of each query for each target label (lower is better)."""
+        probs = probs[:, labels]
+        if not self.sigmoid:
+            return -probs
+        alpha = _MATCHER_FOCAL_ALPHA
+        negative = (1 - alpha) * probs**_FOCAL_GAMMA * -(1 - probs + 1e-8).log()
+        positive = alpha * (1 - probs) ** _FOCAL_GAMMA * -(probs + 1e-8).log()
+        return positive - negative
+
+
+def _sigmoid_focal(logits: Tensor, onehot: Tensor, alpha: float) -> Tensor:
+    """Elementwise sigmoid focal loss (Lin et al., 2017) with gamma 2, as in Deformable DETR."""
+    probs = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+    p_t = probs * onehot + (1 - probs) * (1 - onehot)
+    alpha_t = alpha * onehot + (1 - alpha) * (1 - onehot)
+    return alpha_t * ce * (1 - p_t) ** _FOCAL_GAMMA

@@ -1,0 +1,208 @@
+"""``load_task``: a Hugging Face model (Hub name or local directory) as an attack objective, with clear errors.
+
+The config is read first (no weights), so that every problem is reported before anything heavy happens and in
+words that say what to do: a local-looking path that does not exist, a Hub name that cannot be reached (at once
+when ``HF_HUB_OFFLINE`` is set), remote code that was not allowed, an architecture no adapter supports, an
+unknown option. All of them raise :class:`TaskLoadError`, a ``ValueError``.
+
+>>> import tempfile
+>>> from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+>>> directory = tempfile.mkdtemp()
+>>> ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+...     num_attention_heads=2, intermediate_size=16, num_labels=3)).save_pretrained(directory)
+>>> ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(directory)  # doctest: +ELLIPSIS
+[...]
+>>> objective = load_task(directory, loss="margin")
+>>> objective.task, objective.options, objective.model.training
+('classification', ClassificationOptions(loss='margin', targeted=False), False)
+>>> load_task("./no/such/model")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+tasks.loading.TaskLoadError: model directory './no/such/model' does not exist ...
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub.constants
+import torch
+import transformers
+from transformers.models.auto import modeling_auto
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+from .base import TaskObjective
+from .classification import ClassificationObjective
+from .detection import DETECTION_HEADS, DetectionObjective
+from .segmentation import SegmentationObjective
+
+
+class TaskLoadError(ValueError):
+    """The model cannot be loaded as a task objective; the message says why and how to proceed."""
+
+
+def _flatten(names: dict) -> dict[str, set[str]]:
+    return {t: set(v) if isinstance(v, tuple) else {v} for t, v in names.items()}
+
+
+_CLASSIFIERS = _flatten(modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
+_SEGMENTERS = _flatten(modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES)
+_DETECTORS = {
+    t: c for t, c in _flatten(modeling_auto.MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES).items() if t in DETECTION_HEADS
+}
+
+#: task -> (adapter, Auto class, supported model types with their head class names)
+ADAPTERS: dict[str, tuple[type[TaskObjective], Any, dict[str, set[str]]]] = {
+    "classification": (ClassificationObjective, transformers.AutoModelForImageClassification, _CLASSIFIERS),
+    "detection": (DetectionObjective, transformers.AutoModelForObjectDetection, _DETECTORS),
+    "segmentation": (SegmentationObjective, transformers.AutoModelForSemanticSegmentation, _SEGMENTERS),
+}
+
+#: The model types each task accepts (model_type of the config).
+SUPPORTED: dict[str, list[str]] = {task: sorted(types) for task, (_, _, types) in ADAPTERS.items()}
+
+
+def load_task(
+    name_or_path: str | os.PathLike,
+    task: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    **options: Any,
+) -> TaskObjective:
+    """Load a model and its image processor and wrap them in the adapter of their task.
+
+    Args:
+        name_or_path: Hub name (``"org/name"``) or local directory written by ``save_pretrained``.
+        task: ``"classification"``, ``"detection"`` or ``"segmentation"``; default: from the config's
+            ``architectures`` (or its model type when that is unambiguous).
+        device: where to put the model (default: where ``from_pretrained`` puts it, the CPU).
+        dtype: parameter dtype (default float32; the attack's pixels stay float32 in ``[0, 1]``).
+        trust_remote_code: allow checkpoints whose model code lives in the repository.
+        options: the adapter's options: classification ``loss`` (``"ce"``, ``"margin"``, ``"dlr"``) and
+            ``targeted``; detection ``loss`` (``"hungarian"``, ``"vanish"``), ``score_threshold``,
+            ``iou_threshold``; segmentation ``loss`` (``"ce"``), ``targeted``, ``adv_threshold``,
+            ``ignore_index``.
+
+    Returns the objective with the model in eval mode and its parameters frozen. Raises :class:`TaskLoadError`.
+    """
+    source = os.fspath(name_or_path)
+    local = _local_directory(source)
+    offline = _offline()
+    config = _read_config(source, local, offline)
+    model_type = config.get("model_type")
+    remote = "auto_map" in config and model_type not in CONFIG_MAPPING_NAMES
+    if remote and not trust_remote_code:
+        raise TaskLoadError(
+            f"{source!r} needs model code from its repository (model type {model_type!r}, auto_map "
+            f"{sorted(config['auto_map'])}); pass trust_remote_code=True if you trust that code"
+        )
+    task = _check_task(task) if task is not None else _infer_task(source, config, remote)
+    adapter, auto_class, supported = ADAPTERS[task]
+    if not remote and model_type not in supported:
+        raise TaskLoadError(
+            f"{source!r} has model type {model_type!r}, which the {task} adapter does not support; "
+            f"supported model types: {', '.join(sorted(supported))}"
+        )
+    options = _options(adapter, task, options)
+    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": offline}
+    try:
+        model = auto_class.from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
+        processor = transformers.AutoImageProcessor.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, ImportError) as err:
+        raise TaskLoadError(f"could not load the {task} model or its image processor from {source!r}: {err}") from err
+    model.eval().requires_grad_(False)
+    if device is not None:
+        model.to(device)
+    return adapter(model, processor, source, options)
+
+
+def _offline() -> bool:
+    def flag(name: str) -> bool:
+        return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+    return flag("HF_HUB_OFFLINE") or flag("TRANSFORMERS_OFFLINE") or bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+def _local_directory(source: str) -> Path | None:
+    """The model directory if ``source`` names one; an error if it looks like a path but is not a model."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise TaskLoadError(f"{source!r} is a file; pass the model directory (with config.json) or a Hub name")
+        if not (path / "config.json").is_file():
+            raise TaskLoadError(
+                f"{source!r} is a directory without config.json; pass a directory written by save_pretrained"
+            )
+        return path
+    looks_local = source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1 or path.is_absolute()
+    if looks_local or not source:
+        raise TaskLoadError(
+            f"model directory {source!r} does not exist (resolved to {path.resolve()}); check the path "
+            "(a Hub name has the form 'org/name')"
+        )
+    return None
+
+
+def _read_config(source: str, local: Path | None, offline: bool) -> dict:
+    try:
+        config, _ = transformers.PretrainedConfig.get_config_dict(source, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        if local is not None:
+            raise TaskLoadError(f"could not read the config in {source!r}: {err}") from err
+        if offline:
+            raise TaskLoadError(
+                f"{source!r} is not a local directory and not in the Hugging Face cache, and offline mode is on "
+                "(HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), so the Hub was not contacted. Download it where there is "
+                f"network (`hf download {source}`) or pass the path of a local copy (save_pretrained), or unset "
+                "HF_HUB_OFFLINE"
+            ) from err
+        raise TaskLoadError(
+            f"could not get {source!r} from the Hugging Face Hub ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "check the name ('org/name'), the network and your access token, or pass a local directory"
+        ) from err
+    return config
+
+
+def _check_task(task: str) -> str:
+    if task not in ADAPTERS:
+        raise TaskLoadError(f"unknown task {task!r}; choose one of {sorted(ADAPTERS)}")
+    return task
+
+
+def _infer_task(source: str, config: dict, remote: bool) -> str:
+    """The task of the checkpoint's head: from ``architectures``, remote ``auto_map`` keys, or the model type."""
+    architectures = config.get("architectures") or []
+    for task, (_, auto_class, supported) in ADAPTERS.items():
+        if remote and auto_class.__name__ in config["auto_map"]:
+            return task
+        if any(a in names for a in architectures for names in supported.values()):
+            return task
+    model_type = config.get("model_type")
+    tasks = [task for task, types in SUPPORTED.items() if model_type in types]
+    if architectures or not tasks:
+        what = ", ".join(architectures) or f"model of type {model_type!r}"
+        raise TaskLoadError(
+            f"{source!r} is a {what}, which no adapter supports; supported model types: "
+            + "; ".join(f"{task}: {', '.join(types)}" for task, types in SUPPORTED.items())
+            + (f" (pass task= one of {tasks} to load it with a new head)" if tasks else "")
+        )
+    if len(tasks) > 1:
+        raise TaskLoadError(
+            f"cannot tell the task of {source!r} (model type {model_type!r}, no architectures in its config); "
+            f"pass task= one of {tasks}"
+        )
+    return tasks[0]
+
+
+def _options(adapter: type[TaskObjective], task: str, options: dict) -> Any:
+    try:
+        return adapter.options_class(**options)
+    except TypeError as err:
+        allowed = ", ".join(adapter.options_class.__dataclass_fields__)
+        unknown = ", ".join(sorted(set(options) - set(adapter.options_class.__dataclass_fields__)))
+        raise TaskLoadError(f"the {task} task does not take the option(s) {unknown}; its options: {allowed}") from err
+    except ValueError as err:
+        raise TaskLoadError(f"bad {task} option: {err}") from err
