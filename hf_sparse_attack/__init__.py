@@ -4,6 +4,8 @@ from . import kernels
 from .losses import CLASSIFICATION_LOSSES, classification_loss
 from .objective import ClassifierObjective, Objective, as_objective, evaluate, select
 from .result import AttackResult, AuditError, audit
+from .rs import SparseRS
+from .saa import CascadeResult, SparseAutoAttack
 from .spgd import SparsePGD
 from .structure import Structure
 
@@ -11,9 +13,12 @@ __all__ = [
     "AttackResult",
     "AuditError",
     "CLASSIFICATION_LOSSES",
+    "CascadeResult",
     "ClassifierObjective",
     "Objective",
     "SparsePGD",
+    "SparseAutoAttack",
+    "SparseRS",
     "Structure",
     "as_objective",
     "audit",

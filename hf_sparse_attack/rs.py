@@ -1,0 +1,432 @@
+"""Sparse-RS (Croce, Andriushchenko, Singh, Flammarion & Hein, AAAI 2022): a black-box L0 attack by random search.
+
+Each sample holds a set of ``k`` perturbed pixels (``k`` kernel placements with a ``kernel``, or one square patch
+with ``mode="patch"``) coloured at corners of the colour cube. Every query tries a candidate: a fraction of the set,
+``p_init`` shrinking on the paper's schedule, moves to new random positions with new random corner colours. The
+candidate replaces the current set when its loss is higher or the attack succeeds; a sample that succeeds stops
+querying. Only the objective's ``loss`` and ``success`` are used, never a gradient.
+
+All samples of a batch advance together in tensor operations. Their random draws come from a counter-based hash of
+(seed, sample id, step), so a sample's result does not depend on the batch it is in.
+
+>>> import torch
+>>> torch.manual_seed(0) and None
+>>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+>>> x, y = torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+>>> result = SparseRS(k=5, queries=50)(model, x, y)
+>>> bool((result.l0 <= 5).all()), bool((result.iterations <= 50).all())
+(True, True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from . import rng
+from .config import KernelSpec, build_structure, freeze_kernel
+from .losses import check_loss_name
+from .objective import as_objective, evaluate, select
+from .result import AttackResult, audit, changed_pixels
+from .structure import Structure
+from .validation import check_images, check_positive_int, check_range, check_targets
+
+MODES = ("pixels", "patch")
+
+#: ``(bound, divisor)``: the fraction resampled is ``p_init / divisor`` while the step, rescaled to a budget of 10000
+#: queries, is at most ``bound`` (the schedules of the authors' code for L0 pixels and for patches).
+SCHEDULES = {
+    "pixels": ((0, 1), (50, 2), (200, 4), (500, 5), (1000, 6), (2000, 8), (4000, 10), (6000, 12), (8000, 15)),
+    "patch": ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256)),
+}
+FINAL_DIVISOR = {"pixels": 20, "patch": 512}
+
+MAX_CHANNELS = 16  # colours are codes of C bits, drawn from 32-bit hashes
+
+_M32 = 0xFFFFFFFF
+_STREAM = 1  # rng stream of Sparse-RS sample keys (Sparse-PGD draws from stream 0)
+_SLOTS, _POSITIONS, _COLOURS, _WINDOW, _SHIFT = range(5)  # what a draw is for, mixed into its hash
+
+
+def resample_fraction(step: int, queries: int, p_init: float, mode: str = "pixels") -> float:
+    """Fraction of the ``k`` pixels (``mode="patch"``: of the patch area) resampled at ``step`` of ``queries``.
+
+    >>> resample_fraction(0, 10000, 0.8), resample_fraction(100, 1000, 0.8), resample_fraction(9999, 10000, 0.8)
+    (0.8, 0.13333333333333333, 0.04)
+    """
+    scaled = int(step / queries * 10000)
+    for bound, divisor in SCHEDULES[mode]:
+        if scaled <= bound:
+            return p_init / divisor
+    return p_init / FINAL_DIVISOR[mode]
+
+
+@dataclass(frozen=True)
+class SparseRS:
+    """Sparse-RS configuration; call it as ``attack(model_or_objective, x, targets, ids=None)``.
+
+    Args:
+        k: budget: pixels (a perturbed pixel may change all its channels), kernel placements with ``kernel``, or
+            the patch area with ``mode="patch"`` (a square of side ``floor(sqrt(k))``, so the area stays <= k).
+        queries: objective evaluations per sample at most, the clean check included; the result's ``iterations``
+            are the queries each sample used.
+        p_init: fraction of the set resampled at the start, shrunk on the paper's schedule (:data:`SCHEDULES`)
+            rescaled to ``queries``.
+        loss: plain classifiers only: ``"ce"`` (default), ``"margin"`` or ``"dlr"``. An :class:`Objective` brings
+            its own loss.
+        targeted: plain classifiers only; ``targets`` are then target classes and success means hitting them.
+        seed: base seed; each sample's draws come from ``(seed, sample id)``.
+        quantize: kept for the shared vocabulary of attack configs: Sparse-RS always satisfies it, as corner
+            colours (0 or 1 per channel) lie on the 8-bit grid.
+        kernel: binary 2-D kernel for structured sparsity; ``k`` then counts placements on a grid of step
+            ``stride``, and the search swaps placements instead of pixels.
+        stride: placement grid step for ``kernel``.
+        mode: ``"pixels"`` (a set of k pixels or placements) or ``"patch"`` (one square patch, searched over its
+            corner colours and its position).
+    """
+
+    k: int = 10
+    queries: int = 1000
+    p_init: float = 0.8
+    loss: str | None = None
+    targeted: bool = False
+    seed: int = 0
+    quantize: bool = True
+    kernel: KernelSpec | None = None
+    stride: int = 1
+    mode: str = "pixels"
+
+    def __post_init__(self) -> None:
+        check_positive_int("k", self.k)
+        check_positive_int("queries", self.queries)
+        check_range("p_init", self.p_init, 0.0, 1.0, low_open=True)
+        check_positive_int("stride", self.stride)
+        if self.loss is not None:
+            check_loss_name(self.loss)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("targeted", "quantize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; allowed: {list(MODES)}")
+        if self.mode == "patch" and self.kernel is not None:
+            raise ValueError("mode='patch' searches one square patch; it takes no kernel (use mode='pixels')")
+        object.__setattr__(self, "kernel", freeze_kernel(self.kernel))
+
+    def __call__(self, model: Any, x: Tensor, targets: Any, ids: Sequence[int] | Tensor | None = None) -> AttackResult:
+        """Attack the batch ``x (B, C, H, W)`` in ``[0, 1]``; ``ids`` (default positions) seed each sample."""
+        objective = as_objective(model, self.loss, self.targeted)
+        x = check_images(x).detach()
+        check_targets(x, targets)
+        structure = build_structure(self.kernel, self.stride, *x.shape[-2:])
+        self._check_fits(x, structure)
+        draws = _Draws.for_samples(self.seed, rng.sample_ids(ids, x.shape[0]), x.device)
+        with torch.no_grad():
+            loss, success = evaluate(objective, x, targets)
+            out = _Outcome(x, loss.to(x.dtype), success, structure)
+            todo = (~success).nonzero().flatten()
+            if todo.numel() and self.queries > 1:
+                self._search(objective, x, targets, todo, draws, structure, out)
+        return out.result(x, self.k, structure)
+
+    def _check_fits(self, x: Tensor, structure: Structure | None) -> None:
+        c, h, w = x.shape[1:]
+        if c > MAX_CHANNELS:
+            raise ValueError(f"Sparse-RS colours pixels at corners of the colour cube of at most {MAX_CHANNELS} "
+                             f"channels; the images have {c}")
+        if self.mode == "patch":
+            side = math.isqrt(self.k)
+            if side > min(h, w):
+                raise ValueError(f"a patch of area k={self.k} (side {side}) does not fit in images of size {h}x{w}")
+            return
+        positions = structure.placements if structure else h * w
+        if self.k >= positions:
+            what = "kernel placements" if structure else "pixels"
+            raise ValueError(f"k={self.k} must be below the {positions} {what} of the image: Sparse-RS swaps "
+                             f"perturbed {what} with unperturbed ones")
+
+    def _search(self, objective, x, targets, rows, draws, structure, out) -> None:
+        draws = draws.select(rows)
+        targets = select(targets, rows)
+        if self.mode == "patch":
+            search = _PatchSearch(x.index_select(0, rows), self.k, draws, self.queries, self.targeted)
+        else:
+            search = _SetSearch(x.index_select(0, rows), self.k, structure, draws)
+        used = out.iterations.index_select(0, rows)
+        last = self.queries - 2
+        for step in range(last + 1):
+            if step == 0:
+                candidate = search.start()
+            else:
+                candidate = search.propose(step, resample_fraction(step, self.queries, self.p_init, self.mode))
+            loss, success = evaluate(objective, candidate, targets)
+            loss = loss.to(x.dtype)
+            used += 1
+            if step == 0:  # the first random set is taken whatever its loss
+                best, better = loss, torch.ones_like(success)
+            else:
+                better = success | (loss > best)
+                best = torch.where(better, loss, best)
+            search.accept(better)
+
+            finished = success.cpu() if step < last else torch.ones(len(success), dtype=torch.bool)  # one sync
+            if finished.any():
+                done = finished.nonzero().flatten().to(x.device)
+                out.write(rows, done, search.image(), best, success, used, search.groups())
+                keep = (~finished).nonzero().flatten()
+                if keep.numel() == 0:
+                    return
+                targets = select(targets, keep)
+                keep = keep.to(x.device)
+                rows, best, used = (t.index_select(0, keep) for t in (rows, best, used))
+                search.compact(keep)
+
+
+def _mul32(v: Tensor, c: int) -> Tensor:
+    """``v * c mod 2^32`` for ``v`` in ``[0, 2^32)``, in 16-bit halves so that no int64 product overflows."""
+    return (v * (c & 0xFFFF) + (((v * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(v: Tensor) -> Tensor:
+    """A bijective 32-bit integer hash with full avalanche (Wellons' "lowbias32")."""
+    v = v ^ (v >> 16)
+    v = _mul32(v, 0x7FEB352D)
+    v = v ^ (v >> 15)
+    v = _mul32(v, 0x846CA68B)
+    return v ^ (v >> 16)
+
+
+class _Draws:
+    """Counter-based per-sample random integers: a hash of (sample key, step, purpose, index).
+
+    Pure int64 tensor arithmetic on the batch's device, so a whole step is drawn without a loop over samples, and a
+    sample's draws depend on its key only: never on the batch it is in, nor on the device.
+    """
+
+    def __init__(self, lo: Tensor, hi: Tensor) -> None:
+        self.lo, self.hi = lo, hi  # the low and high 32 bits of each sample's key
+
+    @classmethod
+    def for_samples(cls, seed: int, ids: Sequence[int], device: torch.device) -> _Draws:
+        keys = [rng.sample_seed(seed, sample_id, _STREAM) for sample_id in ids]  # 63-bit keys
+        return cls(torch.tensor([key & _M32 for key in keys], dtype=torch.long, device=device),
+                   torch.tensor([key >> 32 for key in keys], dtype=torch.long, device=device))
+
+    def bits(self, step: int, purpose: int, index: Tensor) -> Tensor:
+        """Uniform integers in ``[0, 2^32)``, ``(B, n)`` for ``index`` ``(1, n)`` or ``(B, n)`` in ``[0, 2^32)``."""
+        base = _mix32(self.lo ^ _mix32(self.hi ^ ((step * 8 + purpose) & _M32)))
+        return _mix32(_mix32(base[:, None] ^ index) ^ self.hi[:, None])
+
+    def below(self, n: int | Tensor, step: int, purpose: int, index: Tensor) -> Tensor:
+        """Uniform integers in ``[0, n)`` (``n`` below 2^31, or a tensor of such bounds broadcast with the draws)."""
+        return (self.bits(step, purpose, index) * n) >> 32
+
+    def select(self, rows: Tensor) -> _Draws:
+        return _Draws(self.lo.index_select(0, rows), self.hi.index_select(0, rows))
+
+
+def _corners(codes: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
+    """Corner codes ``(B, m)`` in ``[0, 2^C)`` -> colours ``(B, C, m)`` with each channel 0 or 1."""
+    shifts = torch.arange(channels, device=codes.device)
+    return ((codes[:, None, :] >> shifts[None, :, None]) & 1).to(dtype)
+
+
+def _corners_unlike(bits: Tensor, current: Tensor) -> Tensor:
+    """Random corner colours ``(B, C, m)`` that differ from ``current (B, C, m)``, from random ``bits (B, m)``.
+
+    Uniform over the ``2^C - 1`` other corners where the current colour is a corner, over all ``2^C`` elsewhere
+    (any corner then differs), so a newly perturbed pixel never keeps its value.
+    """
+    channels = current.shape[1]
+    n = 1 << channels
+    shifts = torch.arange(channels, device=current.device)
+    on_corner = ((current == 0) | (current == 1)).all(1)
+    code = (current.long() << shifts[None, :, None]).sum(1)
+    codes = torch.where(on_corner, code ^ (1 + bits % (n - 1)), bits % n)
+    return _corners(codes, channels, current.dtype)
+
+
+class _SetSearch:
+    """Search over sets of ``k`` placements: single pixels, or a kernel's placements on its stride grid.
+
+    State: ``chosen (B, k)`` placement indices and ``paint (B, C, H*W)``, the colours of the covered pixels. A step
+    swaps a fraction of the placements for unchosen ones with new colours (the authors' L0 move). With a kernel,
+    every other step instead recolours a fraction of the covered pixels in place (an extension: a new placement
+    colours all its pixels at once, so without it a good placement rarely gets its best colours).
+    """
+
+    def __init__(self, x: Tensor, k: int, structure: Structure | None, draws: _Draws) -> None:
+        c, h, w = x.shape[1:]
+        if structure is None:
+            grid, stride, offsets = (h, w), 1, torch.zeros(1, dtype=torch.long)
+        else:
+            grid, stride = structure.grid_shape, structure.stride
+            ky, kx = structure.kernel.nonzero(as_tuple=True)
+            offsets = ky * w + kx
+        device = x.device
+        positions = torch.arange(grid[0] * grid[1], device=device)
+        self.origins = (positions // grid[1]) * (stride * w) + (positions % grid[1]) * stride
+        self.offsets = offsets.to(device)
+        self.positions, self.slots = positions[None], torch.arange(k, device=device)[None]
+        self.grid = grid if structure is not None else None
+        self.shape, self.k, self.draws = x.shape, k, draws
+        self.x = x.flatten(2)
+
+    def _pixels(self, placements: Tensor) -> Tensor:
+        """Pixel indices ``(B, n * kernel pixels)`` covered by the placements ``(B, n)``."""
+        return (self.origins[placements][..., None] + self.offsets).flatten(1)
+
+    def _recolour(self, paint: Tensor, pixels: Tensor, step: int, unlike: Tensor) -> Tensor:
+        """``paint`` with fresh corner colours on ``pixels (B, m)``, each unlike its colour in ``unlike``."""
+        index = pixels[:, None].expand(-1, self.x.shape[1], -1)
+        colours = _corners_unlike(self.draws.bits(step, _COLOURS, pixels), unlike.gather(2, index))
+        return paint.scatter(2, index, colours)  # a pixel listed twice gets the same colour: its hash is the same
+
+    def _image(self, chosen: Tensor, paint: Tensor) -> Tensor:
+        cover = torch.zeros_like(self.x[:, :1], dtype=torch.bool).scatter_(2, self._pixels(chosen)[:, None], True)
+        return torch.where(cover, paint, self.x).view(-1, *self.shape[1:])
+
+    def start(self) -> Tensor:
+        self.chosen = self.draws.bits(0, _POSITIONS, self.positions).topk(self.k, dim=1).indices
+        self.paint = self._recolour(self.x, self._pixels(self.chosen), 0, self.x)
+        self.trial = self.chosen, self.paint
+        return self._image(self.chosen, self.paint)
+
+    def propose(self, step: int, fraction: float) -> Tensor:
+        if self.grid is not None and step % 2 == 1:
+            self.trial = self.chosen, self._recolour_covered(step, fraction)
+        else:
+            moved = min(max(int(fraction * self.k), 1), self.positions.shape[1] - self.k)
+            slots = self.draws.bits(step, _SLOTS, self.slots).topk(moved, dim=1).indices
+            free = self.draws.bits(step, _POSITIONS, self.positions).scatter_(1, self.chosen, -1)
+            new = free.topk(moved, dim=1).indices
+            self.trial = self.chosen.scatter(1, slots, new), self._recolour(self.paint, self._pixels(new), step, self.x)
+        return self._image(*self.trial)
+
+    def _recolour_covered(self, step: int, fraction: float) -> Tensor:
+        """New colours for a ``fraction`` of the pixels the placements cover, each unlike its current colour."""
+        covered = self._pixels(self.chosen)
+        count = max(int(fraction * covered.shape[1]), 1)
+        index = torch.arange(covered.shape[1], device=covered.device)[None]
+        picked = covered.gather(1, self.draws.bits(step, _SLOTS, index).topk(count, dim=1).indices)
+        return self._recolour(self.paint, picked, step, self.paint)
+
+    def accept(self, better: Tensor) -> None:
+        chosen, paint = self.trial
+        self.chosen = torch.where(better[:, None], chosen, self.chosen)
+        self.paint = torch.where(better[:, None, None], paint, self.paint)
+
+    def image(self) -> Tensor:
+        return self._image(self.chosen, self.paint)
+
+    def groups(self) -> Tensor | None:
+        if self.grid is None:
+            return None
+        placed = torch.zeros(self.chosen.shape[0], self.positions.shape[1], dtype=torch.bool, device=self.x.device)
+        return placed.scatter_(1, self.chosen, True).view(-1, 1, *self.grid)
+
+    def compact(self, keep: Tensor) -> None:
+        self.x, self.chosen, self.paint = (t.index_select(0, keep) for t in (self.x, self.chosen, self.paint))
+        self.draws = self.draws.select(keep)
+
+
+class _PatchSearch:
+    """Search over one square patch per image: square windows of it recoloured, and moves of its position.
+
+    As in the authors' code: the patch starts as random vertical stripes at a random position; every
+    ``4`` (``10`` targeted) steps the position moves by up to ``0.75 * (1 - step / queries)`` of the image side,
+    otherwise a random window of side ``sqrt(fraction) * side`` takes one random corner colour.
+    """
+
+    def __init__(self, x: Tensor, k: int, draws: _Draws, queries: int, targeted: bool) -> None:
+        self.x, self.draws, self.queries = x, draws, queries
+        self.side = math.isqrt(k)
+        h, w = x.shape[-2:]
+        self.size = torch.tensor([[h, w]], device=x.device)
+        self.span = self.size - self.side + 1  # possible positions of the top-left corner per axis
+        self.move_every = 10 if targeted else 4
+        self.axes = torch.arange(2, device=x.device)[None]
+        self.range = torch.arange(self.side, device=x.device)
+
+    def _image(self, loc: Tensor, patch: Tensor) -> Tensor:
+        rows, cols = loc[:, :1] + self.range, loc[:, 1:] + self.range
+        pixels = (rows[:, :, None] * self.x.shape[-1] + cols[:, None, :]).flatten(1)
+        index = pixels[:, None].expand(-1, self.x.shape[1], -1)
+        return self.x.flatten(2).scatter(2, index, patch.flatten(2)).view_as(self.x)
+
+    def start(self) -> Tensor:
+        c = self.x.shape[1]
+        self.loc = self.draws.below(self.span, 0, _SHIFT, self.axes)
+        stripes = _corners(self.draws.bits(0, _COLOURS, self.range[None]) % (1 << c), c, self.x.dtype)
+        self.patch = stripes[:, :, None, :].expand(-1, -1, self.side, -1).contiguous()
+        self.trial = self.loc, self.patch
+        return self._image(self.loc, self.patch)
+
+    def propose(self, step: int, fraction: float) -> Tensor:
+        shift = (0.75 * (1 - step / self.queries) * self.size).long()
+        if step % self.move_every == 0 and bool((shift > 0).any()):
+            move = self.draws.below(2 * shift + 1, step, _SHIFT, self.axes) - shift
+            loc, patch = torch.minimum((self.loc + move).clamp_(min=0), self.span - 1), self.patch
+        else:
+            loc, patch = self.loc, self._recolour_window(step, fraction)
+        self.trial = loc, patch
+        return self._image(loc, patch)
+
+    def _recolour_window(self, step: int, fraction: float) -> Tensor:
+        c, side = self.x.shape[1], self.side
+        window = max(int(math.sqrt(fraction) * side), 1)
+        corner = self.draws.below(side - window + 1, step, _WINDOW, self.axes)  # (B, 2) top-left in the patch
+        inside = (self.range >= corner[:, :, None]) & (self.range < corner[:, :, None] + window)  # (B, 2, side)
+        inside = (inside[:, 0, :, None] & inside[:, 1, None, :])[:, None]
+        bits = self.draws.bits(step, _COLOURS, self.axes[:, :1])
+        if window == 1:  # a single pixel: make sure its colour changes
+            at = (corner[:, :1] * side + corner[:, 1:])[:, None].expand(-1, c, -1)
+            colour = _corners_unlike(bits, self.patch.flatten(2).gather(2, at))
+        else:
+            colour = _corners(bits % (1 << c), c, self.x.dtype)
+        return torch.where(inside, colour[..., None], self.patch)
+
+    def accept(self, better: Tensor) -> None:
+        loc, patch = self.trial
+        self.loc = torch.where(better[:, None], loc, self.loc)
+        self.patch = torch.where(better[:, None, None, None], patch, self.patch)
+
+    def image(self) -> Tensor:
+        return self._image(self.loc, self.patch)
+
+    def groups(self) -> None:
+        return None
+
+    def compact(self, keep: Tensor) -> None:
+        self.x, self.loc, self.patch = (t.index_select(0, keep) for t in (self.x, self.loc, self.patch))
+        self.draws = self.draws.select(keep)
+
+
+class _Outcome:
+    """Full-batch results, filled in as samples finish; the clean check is every sample's first query."""
+
+    def __init__(self, x: Tensor, loss: Tensor, success: Tensor, structure: Structure | None) -> None:
+        b = x.shape[0]
+        self.adversarial, self.loss, self.success = x.clone(), loss, success.clone()
+        self.iterations = torch.ones(b, dtype=torch.long, device=x.device)
+        grid = None if structure is None else structure.grid_shape
+        self.groups = None if grid is None else torch.zeros(b, 1, *grid, dtype=torch.bool, device=x.device)
+
+    def write(self, rows: Tensor, done: Tensor, adversarial, loss, success, iterations, groups) -> None:
+        """Store rows ``done`` of the active batch (whose batch positions are ``rows``)."""
+        index = rows.index_select(0, done)
+        for name, value in (("adversarial", adversarial), ("loss", loss), ("success", success),
+                            ("iterations", iterations), ("groups", groups)):
+            if value is not None:
+                getattr(self, name)[index] = value.index_select(0, done)
+
+    def result(self, x: Tensor, k: int, structure: Structure | None) -> AttackResult:
+        mask = changed_pixels(x, self.adversarial)
+        l0 = (mask if self.groups is None else self.groups).flatten(1).sum(1)
+        result = AttackResult(self.adversarial, self.success, mask, l0, self.loss, self.iterations, self.groups)
+        return audit(result, x, k, structure)
