@@ -1,0 +1,41 @@
+"""Transferability matrix: adversarial examples crafted white-box on each source model, evaluated on every target.
+
+    python evaluation/eval_transfer.py --task classification \\
+        --model_name_or_path google/vit-base-patch16-224 microsoft/resnet-50 \\
+        --dataset_name ./imagenet-val-1k --max_eval_samples 200 --attack spgd --k 20 --steps 300 \\
+        --output_dir runs/transfer
+    accelerate launch evaluation/eval_transfer.py ...same flags...
+
+Rows are the source models (``--model_name_or_path``, each attacked), columns the target models
+(``--target_models``, default the sources). A cell holds the attack success rate on the target among the samples
+the target classifies correctly (classification), the mAP drop (detection) or the mIoU drop (segmentation); the
+diagonal is the white-box result. Off the diagonal, images are resized to the target's input resolution by its
+image processor (see :mod:`evaluation.transfer`; ``all_results.json`` says so in ``note``). The task's flags are
+those of its evaluation script.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from evaluation import eval_classification, eval_detection, eval_segmentation
+from evaluation.runner import Parser, build_parser, run_script
+from evaluation.transfer import transfer
+
+SPECS = {module.SPEC.task: module.SPEC for module in (eval_classification, eval_detection, eval_segmentation)}
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    """Run the transfer evaluation; returns the results on the main process (see :func:`evaluation.transfer`)."""
+    choose = Parser(add_help=False)
+    choose.add_argument("--task", choices=sorted(SPECS), default="classification")
+    spec = SPECS[choose.parse_known_args(argv)[0].task]
+    parser = build_parser(spec, __doc__, transfer=True)
+    parser.add_argument("--task", choices=sorted(SPECS), default="classification",
+                        help="the task of every model (default classification)")
+    return run_script(parser, functools.partial(transfer, spec), argv)
+
+
+if __name__ == "__main__":
+    main()
