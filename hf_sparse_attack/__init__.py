@@ -8,6 +8,7 @@ from .rs import SparseRS
 from .saa import CascadeResult, SparseAutoAttack
 from .spgd import SparsePGD
 from .structure import Structure
+from .training import SparseAdversarialTraining
 
 __all__ = [
     "AttackResult",
@@ -17,6 +18,7 @@ __all__ = [
     "ClassifierObjective",
     "Objective",
     "SparsePGD",
+    "SparseAdversarialTraining",
     "SparseAutoAttack",
     "SparseRS",
     "Structure",

@@ -118,10 +118,17 @@ def speed_table(args, device):
     y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
     for name, build in models:
         objective = build()
-        base = floor_seconds(objective, x, y, args.repeats)
+        # Floor and iterations are timed alternately, and medians are taken, so that load from other processes
+        # on a shared machine hits both alike.
+        floors, iterations = [], {True: [], False: []}
+        for _ in range(args.rounds):
+            floors.append(floor_seconds(objective, x, y, args.repeats))
+            for unprojected in (True, False):
+                iterations[unprojected].append(iteration_seconds(objective, x, y, args.steps, unprojected))
+        base = statistics.median(floors)
         cells = [f"{base * 1e3:.1f}"]
         for unprojected in (True, False):
-            it = iteration_seconds(objective, x, y, args.steps, unprojected)
+            it = statistics.median(iterations[unprojected])
             cells += [f"{it * 1e3:.1f}", f"{it / base:.3f}"]
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
@@ -148,8 +155,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20, help="iterations timed per model")
-    parser.add_argument("--repeats", type=int, default=10, help="forward+backward passes timed per model")
+    parser.add_argument("--steps", type=int, default=10, help="iterations timed per round")
+    parser.add_argument("--repeats", type=int, default=5, help="forward+backward passes timed per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of floor and iteration timing")
     parser.add_argument("--vit", nargs="+", default=["micro", "tiny"], choices=sorted(VITS))
     parser.add_argument("--samples", type=int, default=450, help="digits test images attacked")
     parser.add_argument("--threads", type=int, default=1)
@@ -157,7 +165,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.steps, args.repeats, args.vit, args.samples = 3, 2, ["micro"], 100
+        args.steps, args.repeats, args.rounds, args.vit, args.samples = 3, 2, 1, ["micro"], 100
     speed_table(args, torch.device(args.device))
     if not args.skip_strength:
         strength_table(args)

@@ -1,0 +1,303 @@
+"""Sparse adversarial training (sAT or sTRADES with Sparse-PGD) of a Hugging Face image classifier.
+
+    python evaluation/train_sparse_adversarial.py --model_name_or_path MODEL --dataset_name DATA \\
+        --output_dir OUT --loss sat --k 10 --steps 20 --num_train_epochs 3
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        evaluation/train_sparse_adversarial.py ...        # several processes (on CPU too, with gloo)
+
+The model comes from :func:`tasks.load_task` and trains in the pixel space of the evaluation: batches are pixels
+in ``[0, 1]`` at model resolution (the processor's resize/crop), the normalisation runs inside the forward pass,
+and the attack (see :mod:`hf_sparse_attack.training`) perturbs the real pixels with the model in eval mode and its
+parameters frozen. Under ``accelerate launch`` each process trains on its own batches and attacks them on the
+unwrapped model (no collective inside the attack); gradients are synchronised in the backward pass. Sample ids
+are dataset row indices, so a sample's attack does not depend on the number of processes.
+
+Every ``--checkpointing_steps`` steps, ``output_dir/step_N`` receives the model and processor (``save_pretrained``:
+it loads by path like a Hub model) plus the optimizer, scheduler and RNG states under ``training_state``.
+``--resume_from_checkpoint OUT/step_N`` (or ``latest``) continues as if never interrupted, given the same flags
+and number of processes. At the end ``output_dir`` holds the trained model and processor (and a checkpoint's
+files), ``all_results.json``, ``trainer_state.json`` (the per-step history) and ``training_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import SchedulerType, get_scheduler
+
+import tasks
+from evaluation.data import Columns, DataError, EvalDataset, load_hf
+from evaluation.runner import Parser, UsageError, load_samples, prepare, run_script, setup
+from hf_sparse_attack.rng import sample_seed
+from hf_sparse_attack.training import GRADIENTS, TRAINING_LOSSES, SparseAdversarialTraining
+
+STATE_DIR = "training_state"  # accelerate's state (optimizer, scheduler, RNG) inside a checkpoint directory
+TRAINER_STATE = "trainer_state.json"  # the step reached and the per-step history
+
+logger = get_logger(__name__)
+
+
+def build_parser() -> Parser:
+    """The flags: transformers' ``run_image_classification_no_trainer.py`` names, data flags as the eval scripts."""
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", required=True, help="Hub name or directory of an image classifier")
+    model.add_argument("--trust_remote_code", action="store_true", help="allow model code from the repository")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", required=True,
+                      help="Hub name, save_to_disk directory, or image folder with metadata.jsonl")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--dataset_split", default="train")
+    data.add_argument("--image_column_name", default="image")
+    data.add_argument("--label_column_name", default="label", help="class id column")
+    data.add_argument("--max_train_samples", type=int, help="train on the first N samples only")
+    data.add_argument("--cache_dir", help="datasets cache directory")
+    attack = parser.add_argument_group("sparse adversarial training")
+    attack.add_argument("--loss", choices=TRAINING_LOSSES, default="sat")
+    attack.add_argument("--beta", type=float, default=6.0, help="TRADES weight of the KL term (--loss strades)")
+    attack.add_argument("--k", type=int, default=10, help="pixel budget of the training attack")
+    attack.add_argument("--steps", type=int, default=20, help="sPGD iterations per batch")
+    attack.add_argument("--patience", type=int, default=10, help="sPGD mask restart patience")
+    attack.add_argument("--gradient", choices=list(GRADIENTS), default="random",
+                        help="per-batch choice between the unprojected and projected sPGD gradients")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--per_device_train_batch_size", type=int, default=8)
+    optim.add_argument("--learning_rate", type=float, default=5e-5, help="AdamW learning rate")
+    optim.add_argument("--weight_decay", type=float, default=0.0)
+    optim.add_argument("--num_train_epochs", type=int, default=3)
+    optim.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    optim.add_argument("--lr_scheduler_type", default="linear", choices=[t.value for t in SchedulerType])
+    optim.add_argument("--num_warmup_steps", type=int, default=0)
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", required=True)
+    run.add_argument("--checkpointing_steps", type=int, help="save a checkpoint every N steps")
+    run.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'latest' (in --output_dir)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the data order, dropout and attacks")
+    run.add_argument("--num_threads", type=int, help="torch CPU threads (default 1 on CPU)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> SparseAdversarialTraining:
+    """The training configuration of ``args``; :class:`UsageError` for a bad value."""
+    for name in ("per_device_train_batch_size", "num_train_epochs", "max_train_steps", "max_train_samples",
+                 "checkpointing_steps", "num_threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value}")
+    if args.num_warmup_steps < 0:
+        raise UsageError(f"--num_warmup_steps must be >= 0, got {args.num_warmup_steps}")
+    try:
+        return SparseAdversarialTraining(k=args.k, steps=args.steps, patience=args.patience, loss=args.loss,
+                                         beta=args.beta, gradient=args.gradient, seed=args.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def load_batch(objective: Any, dataset: EvalDataset, positions: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Pixels, labels and sample ids of ``positions``; a sample that cannot be used is skipped with a warning."""
+    samples, skipped = load_samples(dataset, positions)
+    samples, x, y, rejected = prepare(objective, samples, lambda sample: sample.annotation)
+    for record in skipped + rejected:
+        logger.warning("skipping sample %s: %s", record["id"], record["skipped"], main_process_only=False)
+    if not samples:
+        raise DataError(f"no usable sample in the batch of dataset positions {positions}")
+    return x, y, torch.tensor([sample.id for sample in samples])
+
+
+class PixelClassifier(nn.Module):
+    """A Hugging Face classifier on pixels in ``[0, 1]``: normalises as its processor would, returns the logits."""
+
+    def __init__(self, model: nn.Module, normalize: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.normalize = normalize
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(pixel_values=self.normalize(x)).logits
+
+
+class EpochShuffle(Sampler):
+    """A permutation of ``range(n)`` seeded by ``(seed, epoch)``: an epoch's order never depends on the history.
+
+    Set ``epoch`` before iterating. (No ``set_epoch`` method on purpose: accelerate would call it with its own
+    count of iterations, which restarts at 0 when a run resumes.)
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
+def checkpoint_path(output_dir: Path, spec: str) -> Path:
+    """The checkpoint ``spec`` names: a directory, or ``latest`` (the highest ``step_N`` in ``output_dir``)."""
+    if spec == "latest":
+        found = [(int(p.name[5:]), p) for p in output_dir.glob("step_*")
+                 if re.fullmatch(r"step_\d+", p.name) and (p / STATE_DIR).is_dir()]
+        if not found:
+            raise UsageError(f"--resume_from_checkpoint latest: no checkpoint step_N in {output_dir}")
+        return max(found)[1]
+    path = Path(spec)
+    if not (path / STATE_DIR).is_dir() or not (path / TRAINER_STATE).is_file():
+        raise UsageError(f"{spec} is not a checkpoint of this script (no {STATE_DIR}/ and {TRAINER_STATE} in it)")
+    return path
+
+
+def save_checkpoint(accelerator: Any, model: nn.Module, processor: Any, directory: Path, state: dict) -> None:
+    """``save_pretrained`` of the model and processor, accelerate's training state, and ``trainer_state.json``."""
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).model.save_pretrained(directory, save_function=accelerator.save)
+        processor.save_pretrained(directory)
+    accelerator.save_state(str(directory / STATE_DIR))
+    if accelerator.is_main_process:
+        (directory / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+    accelerator.wait_for_everyone()
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values (fewer at the start).
+
+    >>> moving_average([1.0, 3.0, 5.0, 7.0], 2)
+    [1.0, 2.0, 4.0, 6.0]
+    """
+    sums = [0.0]
+    for value in values:
+        sums.append(sums[-1] + value)
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss and clean / adversarial training accuracy per step (moving average over 2% of the run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    window = max(1, len(history) // 50)
+    curve = lambda key: moving_average([h[key] for h in history], window)  # noqa: E731
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(steps, curve("loss"), color="tab:red")
+    left.set(xlabel="step", ylabel="training loss", title="loss")
+    right.plot(steps, curve("clean_accuracy"), label="clean")
+    right.plot(steps, curve("adversarial_accuracy"), label="adversarial (training attack)")
+    right.set(xlabel="step", ylabel="accuracy", ylim=(0, 1), title="training batches (eval mode, before the step)")
+    right.legend()
+    fig.suptitle(f"moving average over {window} step(s)" if window > 1 else "")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Train as ``args`` say (see the module docstring); the results, also in ``output_dir/all_results.json``."""
+    training = check_args(args)
+    accelerator = setup(args)
+    output_dir = Path(args.output_dir)
+    resume_from = checkpoint_path(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    objective = tasks.load_task(args.model_name_or_path, task="classification", device=accelerator.device,
+                                trust_remote_code=args.trust_remote_code)
+    objective.model.requires_grad_(True)  # load_task freezes the parameters for attacks
+    model = PixelClassifier(objective.model, objective.normalize)
+    columns = Columns(image=args.image_column_name, label=args.label_column_name)
+    dataset = load_hf("classification", args.dataset_name, args.dataset_split, args.dataset_config_name, columns,
+                      args.max_train_samples, args.cache_dir)
+
+    sampler = EpochShuffle(len(dataset), args.seed)
+    # The loader has a generator of its own: starting an epoch then draws nothing from the global RNG (dropout's,
+    # saved in checkpoints), so a resumed run makes the same draws as an uninterrupted one.
+    loader = DataLoader(range(len(dataset)), batch_size=args.per_device_train_batch_size, sampler=sampler,
+                        collate_fn=lambda positions: load_batch(objective, dataset, positions),
+                        generator=torch.Generator())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = len(loader)
+    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    # Not prepared: accelerate would step it once per process at every step.
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
+                              num_training_steps=max_steps)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step, history = 0, []
+    if resume_from is None:
+        set_seed(args.seed, device_specific=True)  # the processes draw different dropout masks
+    else:
+        accelerator.load_state(str(resume_from / STATE_DIR))
+        saved = json.loads((resume_from / TRAINER_STATE).read_text())
+        step, history = saved["step"], saved["history"]
+        logger.info("resumed from %s at step %d", resume_from, step)
+    logger.info("%s; %d images, %d process(es), %d steps per epoch, %d steps", training, len(dataset),
+                accelerator.num_processes, steps_per_epoch, max_steps)
+
+    attacked = accelerator.unwrap_model(model)  # the attack's forward passes must not reach the DDP wrapper
+    progress = tqdm(total=max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
+    model.train()
+    for epoch in range(step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch)):
+        sampler.epoch = epoch
+        done = step - epoch * steps_per_epoch
+        for x, y, ids in accelerator.skip_first_batches(loader, done) if done else loader:
+            if step >= max_steps:
+                break
+            out = training(model, x, y, step, ids=ids.tolist(), attack_model=attacked)
+            accelerator.backward(out.loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            counts = torch.stack((out.loss.detach() * len(y), out.clean_correct.sum(), out.adversarial_correct.sum(),
+                                  torch.tensor(len(y), device=y.device))).float()
+            loss, clean, adversarial, n = accelerator.reduce(counts, reduction="sum").tolist()
+            step += 1
+            history.append({"step": step, "loss": loss / n, "clean_accuracy": clean / n,
+                            "adversarial_accuracy": adversarial / n, "learning_rate": scheduler.get_last_lr()[0]})
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss / n:.4f}", clean=f"{clean / n:.3f}", adv=f"{adversarial / n:.3f}")
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < max_steps:
+                save_checkpoint(accelerator, model, objective.processor, output_dir / f"step_{step}",
+                                {"step": step, "history": history})
+    progress.close()
+
+    save_checkpoint(accelerator, model, objective.processor, output_dir, {"step": step, "history": history})
+    results = {
+        "model_name_or_path": args.model_name_or_path,
+        "training": dataclasses.asdict(training),
+        "dataset": dataset.description,
+        "train_images": len(dataset),
+        "num_processes": accelerator.num_processes,
+        "steps": step,
+        "resumed_from": None if resume_from is None else str(resume_from),
+        "final": history[-1] if history else None,
+        "settings": vars(args),
+    }
+    if accelerator.is_main_process:
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=1))
+        plot_curves(history, output_dir / "training_curves.png")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the training; a usage, data or model problem is one line on stderr and exit code 2."""
+    return run_script(build_parser(), train, argv)
+
+
+if __name__ == "__main__":
+    main()
