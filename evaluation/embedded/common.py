@@ -1,0 +1,117 @@
+"""What the three training scripts of the embedded models share: arguments, batches, schedule, checkpoints.
+
+Training data is the :mod:`evaluation.shapes` stream :data:`~evaluation.shapes.TRAIN_SEED`, an endless supply of
+fresh images: step ``s`` uses samples ``s * batch_size`` to ``(s + 1) * batch_size - 1``, so a run is a function
+of its arguments (seeded initialisation, no shuffling state) and resumes exactly from a checkpoint. Threads
+default to 1 (on small shared CPUs more threads were measured to be slower, see ENVIRONMENT.md).
+
+>>> [round(learning_rate_factor(s, total=100, warmup=10), 2) for s in (0, 9, 50, 79, 80, 99)]
+[0.1, 1.0, 1.0, 1.0, 0.1, 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("evaluation.embedded")
+
+#: Where the shipped models live.
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+def base_parser(description: str, name: str, steps: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--output_dir", default=str(MODELS_DIR / name), help="where save_pretrained writes the model")
+    parser.add_argument("--checkpoint_dir", default=f"/tmp/embedded_train/{name}",
+                        help="training checkpoints (resumed from when present) and the log of evaluations")
+    parser.add_argument("--max_train_steps", type=int, default=steps)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=batch_size)
+    parser.add_argument("--learning_rate", type=float, default=lr)
+    parser.add_argument("--warmup_steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--eval_every", type=int, default=500, help="held-out evaluation every N steps (0: never)")
+    parser.add_argument("--checkpoint_every", type=int, default=100)
+    parser.add_argument("--eval_images", type=int, default=200, help="held-out images of the final evaluation")
+    parser.add_argument("--no_resume", action="store_true", help="ignore an existing checkpoint")
+    return parser
+
+
+def setup(args: argparse.Namespace) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def learning_rate_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up from ``1/warmup`` over ``warmup`` steps, then 1, then 0.1 from 80% of ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 if step >= int(0.8 * total) else 1.0
+
+
+def images_to_tensor(images: list) -> torch.Tensor:
+    """``(B, 3, H, W)`` float pixels in ``[0, 1]`` from ``(H, W, 3)`` uint8 arrays (what ``prepare`` gives for
+    images already at the model's resolution)."""
+    import numpy as np
+
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
+
+
+class Checkpointer:
+    """Saves ``{model, optimizer, step, elapsed}`` atomically to ``directory/checkpoint.pt`` and appends evaluation
+    records to ``directory/log.jsonl``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "checkpoint.pt"
+
+    def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+        if not self.path.exists():
+            return 0, 0.0
+        state = torch.load(self.path, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        logger.info("resumed from %s at step %d", self.path, state["step"])
+        return int(state["step"]), float(state["elapsed"])
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, elapsed: float) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "elapsed": elapsed}, tmp)
+        tmp.replace(self.path)
+
+    def record(self, **fields: Any) -> None:
+        with open(self.directory / "log.jsonl", "a") as f:
+            f.write(json.dumps(fields) + "\n")
+
+
+class Timer:
+    """Training seconds, excluding evaluations; continues from ``elapsed`` of a resumed checkpoint."""
+
+    def __init__(self, elapsed: float = 0.0) -> None:
+        self.elapsed, self._start = elapsed, None
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.elapsed += time.perf_counter() - self._start
+
+
+def write_summary(output_dir: str | Path, summary: dict) -> None:
+    """``training_summary.json`` next to the weights: arguments, steps, training time, held-out metrics."""
+    with open(Path(output_dir) / "training_summary.json", "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")

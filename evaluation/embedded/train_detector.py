@@ -1,0 +1,165 @@
+"""Train the embedded detector: a small Conditional DETR on 64x64 generated shapes (3 classes), from scratch.
+
+    python -m evaluation.embedded.train_detector            # writes evaluation/embedded/models/detector
+
+Why Conditional DETR: plain DETR from scratch does not converge in useful CPU time (ENVIRONMENT.md: mAP@0.5
+about 0.01 after 20 minutes), Conditional DETR's conditional cross-attention does, and the same detection adapter
+(sigmoid head) serves it. Recipe (measured in ENVIRONMENT.md): ResNet basic backbone (embedding 32, stages 64/128,
+2 blocks each, stride 8 output), d_model 128, FFN 512, 4 heads, 3 encoder + 3 decoder layers, 10 queries,
+auxiliary losses, no dropout; AdamW lr 2e-4 on everything, weight decay 1e-4, gradient clipping 0.1, batch 16,
+100 warm-up steps, learning rate x0.1 at 80% of the steps.
+
+Two traps of Hugging Face's DETR-family conv encoder are undone for training: it freezes every backbone
+parameter whose name lacks ``stage.1/2/3`` (all of an HF ResNet's, so the backbone would stay random) and it
+replaces every BatchNorm by a frozen one. Training re-enables all gradients and swaps trainable
+``nn.BatchNorm2d`` in; before saving, the frozen norms are put back with the learned statistics, so the saved
+model is an ordinary ``ConditionalDetrForObjectDetection`` checkpoint.
+
+The loss is the model's own (``labels=``; there is no Accelerator here, so no collective). Checkpoints go to
+``--checkpoint_dir`` every ``--checkpoint_every`` steps and a rerun resumes from them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from evaluation.embedded.common import (
+    Checkpointer,
+    Timer,
+    base_parser,
+    images_to_tensor,
+    learning_rate_factor,
+    logger,
+    setup,
+    write_summary,
+)
+from evaluation.shapes import CLASSES, TRAIN_SEED, shapes_sample
+
+IMAGE_SIZE = 64
+
+
+def build_model():
+    """A randomly initialised detector and its image processor (``shortest_edge = longest_edge = 64``)."""
+    import transformers as hf
+
+    backbone = hf.ResNetConfig(embedding_size=32, hidden_sizes=[64, 128], depths=[2, 2], layer_type="basic",
+                               out_features=["stage2"])
+    config = hf.ConditionalDetrConfig(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone=None,
+        backbone_config=backbone,
+        d_model=128,
+        encoder_ffn_dim=512,
+        decoder_ffn_dim=512,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_layers=3,
+        decoder_layers=3,
+        num_queries=10,
+        auxiliary_loss=True,
+        dropout=0.0,
+        id2label=dict(enumerate(CLASSES)),
+        label2id={name: i for i, name in enumerate(CLASSES)},
+    )
+    model = hf.ConditionalDetrForObjectDetection(config)
+    processor = hf.ConditionalDetrImageProcessorPil(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE})
+    return model, processor
+
+
+def swap_norms(module: nn.Module, trainable: bool) -> None:
+    """Replace frozen batch norms by trainable ``nn.BatchNorm2d`` (``trainable=True``) or back, keeping the
+    affine parameters and running statistics."""
+    from transformers.models.conditional_detr.modeling_conditional_detr import ConditionalDetrFrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if trainable and isinstance(child, ConditionalDetrFrozenBatchNorm2d):
+            new = nn.BatchNorm2d(child.weight.shape[0], eps=1e-5)
+        elif not trainable and isinstance(child, nn.BatchNorm2d):
+            new = ConditionalDetrFrozenBatchNorm2d(child.weight.shape[0])
+        else:
+            swap_norms(child, trainable)
+            continue
+        with torch.no_grad():
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(new, key).copy_(getattr(child, key))
+        module._modules[name] = new
+
+
+def training_batch(step: int, batch_size: int) -> tuple[torch.Tensor, list[dict]]:
+    """Pixels in ``[0, 1]`` and DETR labels (class ids, normalised cxcywh boxes) of training step ``step``."""
+    samples = [shapes_sample(TRAIN_SEED, step * batch_size + i, IMAGE_SIZE) for i in range(batch_size)]
+    labels = []
+    for s in samples:
+        boxes = torch.from_numpy(s.boxes) / IMAGE_SIZE
+        cxcywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1)
+        labels.append({"class_labels": torch.from_numpy(s.labels), "boxes": cxcywh})
+    return images_to_tensor([s.image for s in samples]), labels
+
+
+def evaluate(model, processor, n: int) -> dict:
+    from evaluation.embedded.quality import detection_quality
+    from tasks import DetectionObjective
+
+    model.eval()
+    try:
+        return detection_quality(DetectionObjective(model, processor), n=n)
+    finally:
+        model.train()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = base_parser(__doc__.splitlines()[0], "detector", steps=6000, batch_size=16, lr=2e-4)
+    parser.add_argument("--weight_decay", type=float, default=1e-4)
+    parser.add_argument("--max_grad_norm", type=float, default=0.1)
+    args = parser.parse_args(argv)
+    setup(args)
+    from tasks.pixels import Normalizer
+
+    model, processor = build_model()
+    swap_norms(model, trainable=True)
+    model.requires_grad_(True).train()
+    normalize = Normalizer.from_processor(processor)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    checkpoints = Checkpointer(args.checkpoint_dir)
+    step, elapsed = (0, 0.0) if args.no_resume else checkpoints.load(model, optimizer)
+    timer = Timer(elapsed)
+    logger.info("detector: %.2f M parameters, %d steps", sum(p.numel() for p in model.parameters()) / 1e6,
+                args.max_train_steps)
+    while step < args.max_train_steps:
+        with timer:
+            for group in optimizer.param_groups:
+                group["lr"] = args.learning_rate * learning_rate_factor(step, args.max_train_steps, args.warmup_steps)
+            x, labels = training_batch(step, args.per_device_train_batch_size)
+            pixels = normalize(x)
+            loss = model(pixel_values=pixels, pixel_mask=torch.ones_like(pixels[:, 0], dtype=torch.long),
+                         labels=labels).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            step += 1
+        if step % 20 == 0:
+            logger.info("step %d loss %.4f (%.0f s)", step, loss.item(), timer.elapsed)
+        if step % args.checkpoint_every == 0 or step == args.max_train_steps:
+            checkpoints.save(model, optimizer, step, timer.elapsed)
+        if args.eval_every and step % args.eval_every == 0 and step < args.max_train_steps:
+            metrics = evaluate(model, processor, n=100)
+            logger.info("step %d held-out (100 images): %s", step, metrics)
+            checkpoints.record(step=step, seconds=timer.elapsed, **metrics)
+    metrics = evaluate(model, processor, n=args.eval_images)
+    logger.info("final held-out (%d images): %s", args.eval_images, metrics)
+    checkpoints.record(step=step, seconds=timer.elapsed, final=True, **metrics)
+    model.eval()
+    swap_norms(model, trainable=False)
+    model.save_pretrained(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+    summary = {"model": "detector", "steps": step, "train_seconds": round(timer.elapsed, 1),
+               "threads": args.threads, "arguments": vars(args), "held_out": metrics}
+    write_summary(args.output_dir, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Train the embedded segmenter: a small SegFormer on 64x64 generated shapes (background + 3 classes), from scratch.
+
+    python -m evaluation.embedded.train_segmenter           # writes evaluation/embedded/models/segmenter
+
+Recipe (measured in ENVIRONMENT.md to converge fast on CPU): hidden sizes 16/32/64/128, one block per stage,
+heads 1/1/2/4, strides 4/2/2/2, reduction ratios 8/4/2/1, decoder 64 (0.46 M parameters); AdamW lr 1e-3, weight
+decay 0.01, batch 32, 100 warm-up steps, learning rate x0.1 at 80% of the steps. The loss is the model's own
+pixel cross-entropy (logits upsampled to the label map). Label maps: 0 background, ``1 + class id`` (see
+:mod:`evaluation.shapes`). Checkpoints go to ``--checkpoint_dir`` and a rerun resumes from them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from evaluation.embedded.common import (
+    Checkpointer,
+    Timer,
+    base_parser,
+    images_to_tensor,
+    learning_rate_factor,
+    logger,
+    setup,
+    write_summary,
+)
+from evaluation.shapes import SEGMENTATION_CLASSES, TRAIN_SEED, shapes_sample
+
+IMAGE_SIZE = 64
+
+
+def build_model():
+    """A randomly initialised SegFormer and its image processor (resize to 64x64)."""
+    import transformers as hf
+
+    config = hf.SegformerConfig(
+        hidden_sizes=[16, 32, 64, 128],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 2, 4],
+        strides=[4, 2, 2, 2],
+        sr_ratios=[8, 4, 2, 1],
+        decoder_hidden_size=64,
+        id2label=dict(enumerate(SEGMENTATION_CLASSES)),
+        label2id={name: i for i, name in enumerate(SEGMENTATION_CLASSES)},
+    )
+    model = hf.SegformerForSemanticSegmentation(config)
+    processor = hf.SegformerImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return model, processor
+
+
+def training_batch(step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels in ``[0, 1]`` and label maps ``(B, 64, 64)`` of training step ``step``."""
+    samples = [shapes_sample(TRAIN_SEED, step * batch_size + i, IMAGE_SIZE) for i in range(batch_size)]
+    maps = torch.from_numpy(np.stack([s.label_map for s in samples])).long()
+    return images_to_tensor([s.image for s in samples]), maps
+
+
+def evaluate(model, processor, n: int) -> dict:
+    from evaluation.embedded.quality import segmentation_quality
+    from tasks import SegmentationObjective
+
+    model.eval()
+    try:
+        return segmentation_quality(SegmentationObjective(model, processor), n=n)
+    finally:
+        model.train()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = base_parser(__doc__.splitlines()[0], "segmenter", steps=10000, batch_size=32, lr=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    args = parser.parse_args(argv)
+    setup(args)
+    from tasks.pixels import Normalizer
+
+    model, processor = build_model()
+    model.train()
+    normalize = Normalizer.from_processor(processor)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    checkpoints = Checkpointer(args.checkpoint_dir)
+    step, elapsed = (0, 0.0) if args.no_resume else checkpoints.load(model, optimizer)
+    timer = Timer(elapsed)
+    logger.info("segmenter: %.2f M parameters, %d steps", sum(p.numel() for p in model.parameters()) / 1e6,
+                args.max_train_steps)
+    while step < args.max_train_steps:
+        with timer:
+            for group in optimizer.param_groups:
+                group["lr"] = args.learning_rate * learning_rate_factor(step, args.max_train_steps, args.warmup_steps)
+            x, maps = training_batch(step, args.per_device_train_batch_size)
+            loss = model(pixel_values=normalize(x), labels=maps).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        if step % 20 == 0:
+            logger.info("step %d loss %.4f (%.0f s)", step, loss.item(), timer.elapsed)
+        if step % args.checkpoint_every == 0 or step == args.max_train_steps:
+            checkpoints.save(model, optimizer, step, timer.elapsed)
+        if args.eval_every and step % args.eval_every == 0 and step < args.max_train_steps:
+            metrics = evaluate(model, processor, n=100)
+            logger.info("step %d held-out (100 images): %s", step, metrics)
+            checkpoints.record(step=step, seconds=timer.elapsed, **metrics)
+    metrics = evaluate(model, processor, n=args.eval_images)
+    logger.info("final held-out (%d images): %s", args.eval_images, metrics)
+    checkpoints.record(step=step, seconds=timer.elapsed, final=True, **metrics)
+    model.eval()
+    model.save_pretrained(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+    summary = {"model": "segmenter", "steps": step, "train_seconds": round(timer.elapsed, 1),
+               "threads": args.threads, "arguments": vars(args), "held_out": metrics}
+    write_summary(args.output_dir, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
