@@ -11,7 +11,7 @@ This package imports :mod:`hf_sparse_attack`, never the other way round.
 from .base import TaskObjective
 from .classification import ClassificationObjective, ClassificationOptions
 from .detection import DETECTION_HEADS, DetectionObjective, DetectionOptions, SetLossTerms
-from .loading import SUPPORTED, TaskLoadError, load_task
+from .loading import SUPPORTED, TaskLoadError, infer_task, load_task
 from .segmentation import SegmentationObjective, SegmentationOptions
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "SetLossTerms",
     "TaskLoadError",
     "TaskObjective",
+    "infer_task",
     "load_task",
 ]

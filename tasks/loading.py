@@ -2,8 +2,11 @@
 
 The config is read first (no weights), so that every problem is reported before anything heavy happens and in
 words that say what to do: a local-looking path that does not exist, a Hub name that cannot be reached (at once
-when ``HF_HUB_OFFLINE`` is set), remote code that was not allowed, an architecture no adapter supports, an
-unknown option. All of them raise :class:`TaskLoadError`, a ``ValueError``.
+when ``HF_HUB_OFFLINE`` is set), remote code that was not allowed, pickle weights that were not allowed, an
+architecture no adapter supports, an unknown option. All of them raise :class:`TaskLoadError`, a ``ValueError``.
+
+Nothing from a model repository runs unless asked for: ``trust_remote_code`` is off by default, and weights load
+from safetensors files only unless ``allow_pickle_weights=True``.
 
 >>> import tempfile
 >>> from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
@@ -70,6 +73,7 @@ def load_task(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
     **options: Any,
 ) -> TaskObjective:
     """Load a model and its image processor and wrap them in the adapter of their task.
@@ -81,6 +85,10 @@ def load_task(
         device: where to put the model (default: where ``from_pretrained`` puts it, the CPU).
         dtype: parameter dtype (default float32; the attack's pixels stay float32 in ``[0, 1]``).
         trust_remote_code: allow checkpoints whose model code lives in the repository.
+        allow_pickle_weights: also accept pickle checkpoints (``pytorch_model.bin``) when the model has no
+            safetensors weights. transformers then reads them with ``torch.load(weights_only=True)``
+            (``transformers.modeling_utils.load_state_dict``, which also checks that torch is recent enough for
+            that to be safe), which unpickles tensors and plain containers only, never arbitrary objects.
         options: the adapter's options: classification ``loss`` (``"ce"``, ``"margin"``, ``"dlr"``) and
             ``targeted``; detection ``loss`` (``"hungarian"``, ``"vanish"``), ``score_threshold``,
             ``iou_threshold``; segmentation ``loss`` (``"ce"``), ``targeted``, ``adv_threshold``,
@@ -91,14 +99,8 @@ def load_task(
     source = os.fspath(name_or_path)
     local = _local_directory(source)
     offline = _offline()
-    config = _read_config(source, local, offline)
+    config, remote = _checked_config(source, local, offline, trust_remote_code)
     model_type = config.get("model_type")
-    remote = "auto_map" in config and model_type not in CONFIG_MAPPING_NAMES
-    if remote and not trust_remote_code:
-        raise TaskLoadError(
-            f"{source!r} needs model code from its repository (model type {model_type!r}, auto_map "
-            f"{sorted(config['auto_map'])}); pass trust_remote_code=True if you trust that code"
-        )
     task = _check_task(task) if task is not None else _infer_task(source, config, remote)
     adapter, auto_class, supported = ADAPTERS[task]
     if not remote and model_type not in supported:
@@ -107,16 +109,62 @@ def load_task(
             f"supported model types: {', '.join(sorted(supported))}"
         )
     options = _options(adapter, task, options)
+    if not isinstance(allow_pickle_weights, bool):
+        raise TaskLoadError(f"allow_pickle_weights must be True or False, got {allow_pickle_weights!r}")
+    if local is not None and not allow_pickle_weights and not any(local.glob("*.safetensors*")):
+        raise TaskLoadError(_PICKLE_ONLY.format(source=source))
     kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": offline}
     try:
-        model = auto_class.from_pretrained(source, dtype=dtype or torch.float32, **kwargs)
+        # weights_only=True (transformers' default, made explicit): a pickle checkpoint, when allowed, goes through
+        # modeling_utils.load_state_dict -> torch.load(weights_only=True), after check_torch_load_is_safe().
+        model = auto_class.from_pretrained(
+            source,
+            dtype=dtype or torch.float32,
+            use_safetensors=None if allow_pickle_weights else True,
+            weights_only=True,
+            **kwargs,
+        )
         processor = transformers.AutoImageProcessor.from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError) as err:
+        if not allow_pickle_weights and any(missing in str(err) for missing in _NO_SAFETENSORS):
+            raise TaskLoadError(_PICKLE_ONLY.format(source=source) + f" ({err})") from err
         raise TaskLoadError(f"could not load the {task} model or its image processor from {source!r}: {err}") from err
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
     return adapter(model, processor, source, options)
+
+
+#: How transformers words a missing safetensors file under ``use_safetensors=True`` (Hub repo, local directory).
+_NO_SAFETENSORS = ("does not appear to have a file named", "no file named")
+_PICKLE_ONLY = (
+    "{source!r} has no safetensors weights (model.safetensors); pickle checkpoints such as pytorch_model.bin are "
+    "refused by default because unpickling can run code. Convert the checkpoint to safetensors, or pass "
+    "allow_pickle_weights=True if you trust it (it is then read with torch.load(weights_only=True))"
+)
+
+
+def infer_task(name_or_path: str | os.PathLike, trust_remote_code: bool = False) -> str:
+    """The task ``load_task`` would pick for a model, from its config alone (no weights are read).
+
+    Raises :class:`TaskLoadError` for the same problems as :func:`load_task` (missing path, offline, remote code).
+    """
+    source = os.fspath(name_or_path)
+    config, remote = _checked_config(source, _local_directory(source), _offline(), trust_remote_code)
+    return _infer_task(source, config, remote)
+
+
+def _checked_config(source: str, local: Path | None, offline: bool, trust_remote_code: bool) -> tuple[dict, bool]:
+    """The model's config and whether it needs remote code (refused unless ``trust_remote_code``)."""
+    config = _read_config(source, local, offline)
+    model_type = config.get("model_type")
+    remote = "auto_map" in config and model_type not in CONFIG_MAPPING_NAMES
+    if remote and not trust_remote_code:
+        raise TaskLoadError(
+            f"{source!r} needs model code from its repository (model type {model_type!r}, auto_map "
+            f"{sorted(config['auto_map'])}); pass trust_remote_code=True if you trust that code"
+        )
+    return config, remote
 
 
 def _offline() -> bool:

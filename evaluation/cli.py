@@ -1,0 +1,203 @@
+"""``hf-sparse-attack``: sparse (L0) adversarial attacks on Hugging Face vision models, from the command line.
+
+commands:
+  attack    attack one image file or a folder of images: adversarial PNGs, perturbation maps, a JSON summary
+  eval      evaluate robustness on a dataset with the evaluation script of the model's task
+  transfer  transferability matrix between models (evaluation/eval_transfer.py)
+  train     sparse adversarial training of a classifier (evaluation/train_sparse_adversarial.py)
+  demo      the three tasks on the embedded models and generated data, offline, in about 2 minutes on CPU
+
+Run ``hf-sparse-attack COMMAND --help`` for a command's flags. Errors are one line on stderr with exit code 2;
+``--debug`` (anywhere on the line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from evaluation.runner import Parser, UsageError, add_attack_arguments
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+SUMMARY = "summary.json"
+
+
+class CliError(UsageError):
+    """A problem of the command line tool itself (unknown command, no images)."""
+
+
+# ------------------------------------------------------------------------------------------------------ attack
+def attack_parser() -> Parser:
+    """``attack``'s flags; the attack flags are the evaluation scripts' own (one vocabulary)."""
+    parser = Parser(prog="hf-sparse-attack attack", formatter_class=argparse.RawDescriptionHelpFormatter,
+                    description="Attack one image file or every image of a folder. The target of each image is the "
+                    "model's clean prediction (class, detections or label map): the attack tries to change it.\n\n"
+                    "Writes into --output_dir, per image file NAME: NAME/clean.png (the pixels the model sees, at its "
+                    "resolution), NAME/adversarial_kK.png (lossless) and NAME/perturbation_kK.png (perturbed pixels "
+                    "in white), and summary.json (per image and k: success, L0, iterations, loss, predictions).\n\n"
+                    "example:\n  hf-sparse-attack attack photo.jpg --model_name_or_path microsoft/resnet-50 "
+                    "--k 20 --output_dir adv")
+    parser.add_argument("inputs", help="an image file or a folder of images (png, jpg, bmp, webp, tif)")
+    parser.add_argument("--model_name_or_path", required=True, help="Hub name or local directory of the model")
+    parser.add_argument("--output_dir", required=True, help="where the PNGs and summary.json are written")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the repository")
+    parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (default 1)")
+    add_attack_arguments(parser.add_argument_group("attack"))  # shared with the evaluation scripts
+    return parser
+
+
+def image_files(inputs: str) -> list[Path]:
+    """The image file ``inputs``, or the images of the folder ``inputs`` in name order."""
+    path = Path(inputs)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise CliError(f"{inputs!r} is neither an image file nor a folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise CliError(f"folder {inputs!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def prediction(objective, x, targets) -> object:
+    """A JSON summary of the model's prediction on ``x`` (one image): the class, the detections or the classes."""
+    if objective.task == "classification":
+        label = int(objective.predict(x)[0])
+        return {"class": label, "name": objective.model.config.id2label.get(label, str(label))}
+    if objective.task == "detection":
+        (found,) = objective.predict(x, [t["size"] for t in targets])
+        return {"boxes": found["boxes"].tolist(), "labels": found["labels"].tolist(),
+                "scores": found["scores"].tolist()}
+    return {"classes_present": objective.predict(x)[0].unique().tolist()}
+
+
+def run_attack(args: argparse.Namespace) -> dict:
+    """Attack every image of ``args.inputs`` with each config; write the PNGs and the summary; return it."""
+    import torch
+    from PIL import Image
+
+    import tasks
+    from evaluation.pictures import perturbed_pixels
+    from evaluation.records import RunDirectory, save_png, write_json
+    from evaluation.runner import attack_configs, attack_fields
+    from hf_sparse_attack.config import to_dict
+
+    if args.num_threads < 1:
+        raise UsageError(f"--num_threads must be a positive integer, got {args.num_threads}")
+    attacks = attack_configs(args)
+    files = image_files(args.inputs)
+    RunDirectory(args.output_dir, {}).probe()
+    torch.set_num_threads(args.num_threads)
+    objective = tasks.load_task(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    out = Path(args.output_dir)
+    images = []
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                x, targets = objective.prepare([image.convert("RGB")])
+        except (OSError, ValueError) as err:
+            raise CliError(f"cannot attack {str(file)!r}: {err}") from err
+        name = file.name
+        save_png(out / name / "clean.png", x[0])
+        entry = {"file": str(file), "clean_prediction": prediction(objective, x, targets), "attacks": []}
+        for attack in attacks:
+            result = attack(objective, x, targets, ids=[i])
+            save_png(out / name / f"adversarial_k{attack.k}.png", result.adversarial[0])
+            mask = perturbed_pixels(x[0], result.adversarial[0]).to(torch.uint8).mul(255).cpu().numpy()
+            save_png(out / name / f"perturbation_k{attack.k}.png", mask)
+            entry["attacks"].append({
+                "k": attack.k, **attack_fields(result, 0),
+                "adversarial_prediction": prediction(objective, result.adversarial, targets),
+                "adversarial": f"{name}/adversarial_k{attack.k}.png",
+                "perturbation": f"{name}/perturbation_k{attack.k}.png",
+            })
+        images.append(entry)
+        print(f"{file}: " + ", ".join(f"k={a['k']} {'fooled' if a['success'] else 'not fooled'} (L0 {a['l0']})"
+                                      for a in entry["attacks"]))
+    summary = {"model_name_or_path": args.model_name_or_path, "task": objective.task,
+               "attacks": [to_dict(a) for a in attacks], "images": images}
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def attack_command(argv: Sequence[str]) -> dict:
+    """``hf-sparse-attack attack``."""
+    from evaluation.runner import run_script
+
+    return run_script(attack_parser(), run_attack, argv)
+
+
+# ------------------------------------------------------------------------------------------------ dispatchers
+def eval_command(argv: Sequence[str]) -> object:
+    """``hf-sparse-attack eval``: the evaluation script of the model's task, with all the arguments."""
+    from evaluation import eval_classification, eval_detection, eval_segmentation
+
+    scripts = {m.SPEC.task: m for m in (eval_classification, eval_detection, eval_segmentation)}
+    parser = Parser(prog="hf-sparse-attack eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+                    description="Evaluate a model's robustness on a dataset: reads the model's config, then runs "
+                    "the evaluation script of its task (evaluation/eval_classification.py, eval_detection.py or "
+                    "eval_segmentation.py) with every argument given here.\n\nFor the full list of the task's "
+                    "flags: hf-sparse-attack eval --model_name_or_path MODEL --help\n\nexample:\n  hf-sparse-attack "
+                    "eval --model_name_or_path microsoft/resnet-50 --dataset_name ./val --k 10 20 --output_dir runs/r50")
+    parser.add_argument("--model_name_or_path", required=True, help="Hub name or local directory of the model")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the repository")
+    model = Parser(add_help=False)
+    model.add_argument("--model_name_or_path")
+    model.add_argument("--trust_remote_code", action="store_true")
+    known = model.parse_known_args(argv)[0]
+    if known.model_name_or_path is None:
+        parser.parse_args(argv)  # the help, or the error that the model is missing
+    from tasks import infer_task
+
+    task = infer_task(known.model_name_or_path, known.trust_remote_code)
+    return scripts[task].main(argv)
+
+
+def script_command(module: str) -> Callable[[Sequence[str]], object]:
+    """A command that hands every argument to ``module``'s ``main``."""
+
+    def command(argv: Sequence[str]) -> object:
+        import importlib
+
+        return importlib.import_module(module).main(argv)
+
+    return command
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
+    "attack": attack_command,
+    "eval": eval_command,
+    "transfer": script_command("evaluation.eval_transfer"),
+    "train": script_command("evaluation.train_sparse_adversarial"),
+    "demo": script_command("evaluation.demo"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hf-sparse-attack`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code 0, or raises
+    ``SystemExit(2)`` after one line on stderr on error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: hf-sparse-attack [--debug] {{{','.join(COMMANDS)}}} ...\n\n{__doc__.strip()}",
+              file=sys.stdout if argv else sys.stderr)
+        if not argv:
+            raise SystemExit(2)
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command not in COMMANDS:
+            raise CliError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see --help)")
+        COMMANDS[command](rest)
+        return 0
+    except Exception as err:  # noqa: BLE001 - every failure is one line unless --debug
+        if debug:
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not isinstance(err, (UsageError, ValueError, OSError)):
+            message = f"{type(err).__name__}: {message} (rerun with --debug for the traceback)"
+        print(f"hf-sparse-attack: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

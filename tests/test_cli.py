@@ -1,0 +1,175 @@
+"""The ``hf-sparse-attack`` command: demo end to end (table = JSON, drops, index.html pictures, Chromium), ``attack``
+on a file and a folder (budget re-checked from the PNGs), one-line errors with exit code 2, ``--help`` of each
+subcommand."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation import cli
+from evaluation.embedded import model_path
+from evaluation.shapes import classification_sample
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+class Images(HTMLParser):
+    """The ``src`` of every ``<img>`` of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A reduced demo run: its output folder and what it printed."""
+    root = tmp_path_factory.mktemp("demo") / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["demo", "--output_dir", str(root), "--samples", "6", "--num_threads", "1"]) == 0
+    return root, printed.getvalue()
+
+
+def test_demo_prints_its_json_numbers_and_attacks_lower_them(demo):
+    root, printed = demo
+    rows = json.loads((root / "demo_results.json").read_text())["rows"]
+    assert [r["task"] for r in rows] == ["classification", "detection", "segmentation"]
+    lines = {line.split()[0]: line.split() for line in printed.splitlines() if line.split()}
+    for row in rows:
+        cells = lines[row["task"]]
+        assert cells[1:7] == [row["model"], str(row["samples"]), row["metric"], f"{row['clean']:.3f}",
+                              f"{row['adversarial']:.3f}", str(row["k"])]
+        assert row["samples"] == 6
+        assert row["adversarial"] < row["clean"], row
+        results = json.loads((root / row["run"] / "all_results.json").read_text())
+        assert results["results"][0]["k"] == row["k"]
+
+
+def test_demo_index_shows_every_picture(demo):
+    root, _ = demo
+    page = Images()
+    page.feed((root / "index.html").read_text())
+    produced = {p.relative_to(root).as_posix() for p in (root / "runs").rglob("*.png")}
+    assert set(page.sources) == produced and len(produced) >= 3 * 3
+    for source in page.sources:
+        assert not Path(source).is_absolute()
+        with Image.open(root / source) as image:
+            image.load()  # decodes
+
+
+def test_demo_index_loads_in_chromium(demo, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium); the pictures are checked with PIL")
+    root, _ = demo
+    # each <img> reports whether it decoded (naturalWidth > 0) into the title, which --dump-dom then shows
+    probe = root / "probe.html"
+    probe.write_text((root / "index.html").read_text().replace(
+        "</body>", "<script>window.onload=()=>{document.title=[...document.images].map("
+                   "i=>i.complete&&i.naturalWidth>0?1:0).join('')}</script></body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}",
+             "--virtual-time-budget=5000", "--dump-dom"]
+    dom = subprocess.run([str(CHROMIUM), *flags, probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
+    loaded = re.search(r"<title>([01]*)</title>", dom).group(1)
+    assert loaded and set(loaded) == {"1"}, loaded
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder of two generated shapes images."""
+    folder = tmp_path_factory.mktemp("images")
+    for i in range(2):
+        Image.fromarray(classification_sample(7, i).image).save(folder / f"shape{i}.png")
+    return folder
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def check_budget(out: Path, name: str, k: int) -> None:
+    clean, adversarial = pixels(out / name / "clean.png"), pixels(out / name / f"adversarial_k{k}.png")
+    changed = (clean != adversarial).any(axis=2)
+    assert 0 < changed.sum() <= k
+    assert np.array_equal(pixels(out / name / f"perturbation_k{k}.png")[..., 0] > 0, changed)
+
+
+def test_attack_file_and_folder(images, tmp_path):
+    model = str(model_path("classifier"))
+    flags = ["--model_name_or_path", model, "--steps", "20", "--k", "4"]
+    assert cli.main(["attack", str(images / "shape0.png"), *flags, "--output_dir", str(tmp_path / "one")]) == 0
+    check_budget(tmp_path / "one", "shape0.png", 4)
+    assert cli.main(["attack", str(images), *flags, "--output_dir", str(tmp_path / "all")]) == 0
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["task"] == "classification" and len(summary["images"]) == 2
+    for entry in summary["images"]:
+        name = Path(entry["file"]).name
+        check_budget(tmp_path / "all", name, 4)
+        assert entry["attacks"][0]["l0"] <= 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bogus"], "unknown command 'bogus'"),
+    (["attack", "IMAGES", "--model_name_or_path", "./no/such/model", "--output_dir", "OUT"], "does not exist"),
+    (["attack", "IMAGES", "--model_name_or_path", "MODEL", "--k", "0", "--output_dir", "OUT"], "k must be"),
+    (["attack", "IMAGES", "--model_name_or_path", "MODEL", "--k", "ten", "--output_dir", "OUT"], "invalid int"),
+    (["eval", "--model_name_or_path", "./no/such/model"], "does not exist"),
+    (["demo", "--samples", "0", "--output_dir", "OUT"], "--samples must be"),
+])
+def test_errors_are_one_line_with_exit_code_2(argv, message, images, tmp_path, capsys):
+    values = {"IMAGES": str(images), "MODEL": str(model_path("classifier")), "OUT": str(tmp_path / "out")}
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([values.get(a, a) for a in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_debug_shows_the_exception():
+    with pytest.raises(ValueError, match="unknown command"):
+        cli.main(["--debug", "bogus"])
+
+
+@pytest.mark.parametrize("command, expected", [
+    ([], "transfer"),
+    (["attack"], "--kernel"),
+    (["eval"], "--model_name_or_path MODEL --help"),
+    (["eval", "--model_name_or_path", str(model_path("detector"))], "--coco_annotation_file"),
+    (["transfer"], "--target_models"),
+    (["train"], "--num_train_epochs"),
+    (["demo"], "--samples"),
+])
+def test_help_of_each_command(command, expected, capsys):
+    try:
+        code = cli.main([*command, "--help"])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code == 0
+    assert expected in capsys.readouterr().out
+
+
+def test_console_script_exit_code(tmp_path):
+    script = shutil.which("hf-sparse-attack")
+    if script is None:
+        pytest.skip("the console script is not installed (pip install -e .)")
+    done = subprocess.run([script, "attack", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "adversarial" in done.stdout
+    done = subprocess.run([script, "nope"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
