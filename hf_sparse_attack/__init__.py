@@ -2,7 +2,7 @@
 
 from . import kernels
 from .losses import CLASSIFICATION_LOSSES, classification_loss
-from .objective import ClassifierObjective, Objective, as_objective, evaluate, select
+from .objective import ClassifierObjective, NonFiniteModelError, Objective, as_objective, evaluate, select
 from .result import AttackResult, AuditError, audit
 from .rs import SparseRS
 from .saa import CascadeResult, SparseAutoAttack
@@ -16,6 +16,7 @@ __all__ = [
     "CLASSIFICATION_LOSSES",
     "CascadeResult",
     "ClassifierObjective",
+    "NonFiniteModelError",
     "Objective",
     "SparsePGD",
     "SparseAdversarialTraining",

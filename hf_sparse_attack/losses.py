@@ -63,5 +63,5 @@ def classification_loss(name: str, logits: Tensor, labels: Tensor, targeted: boo
 
 def check_loss_name(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is a known classification loss."""
-    if name not in CLASSIFICATION_LOSSES:
+    if not isinstance(name, str) or name not in CLASSIFICATION_LOSSES:
         raise ValueError(f"unknown loss {name!r}; allowed: {sorted(CLASSIFICATION_LOSSES)}")

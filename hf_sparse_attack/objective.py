@@ -37,6 +37,9 @@ class Objective(Protocol):
         ...
 
 
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 @dataclass
 class ClassifierObjective:
     """Objective for any ``nn.Module`` mapping ``[0, 1]`` images to logits ``(B, num_classes)``.
@@ -61,8 +64,22 @@ class ClassifierObjective:
             )
         return out
 
+    def check_targets(self, x: Tensor, targets: Any) -> None:
+        """``targets`` must be integer class indices ``(B,)`` within the model's classes (one forward of ``x[:1]``)."""
+        if not isinstance(targets, Tensor) or targets.dim() != 1 or targets.dtype not in _INTEGER_DTYPES:
+            raise ValueError(f"targets of a classifier must be a 1-D integer tensor of class indices, got "
+                             f"{getattr(targets, 'dtype', type(targets).__name__)} of shape "
+                             f"{tuple(getattr(targets, 'shape', ()))}")
+        with torch.no_grad():
+            classes = self.logits(x[:1]).shape[1]
+        low, high = targets.min().item(), targets.max().item()
+        if low < 0 or high >= classes:
+            raise ValueError(f"targets must be class indices in [0, {classes}) for this model's {classes} "
+                             f"classes, got values from {low} to {high}")
+
     def loss_and_success(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.logits(x)
+        targets = targets.long()
         loss = classification_loss(self.loss_name, logits, targets, self.targeted)
         hit = logits.detach().argmax(dim=1) == targets
         return loss, hit if self.targeted else ~hit
@@ -96,8 +113,16 @@ def as_objective(model_or_objective: Any, loss: str | None = None, targeted: boo
     )
 
 
+class NonFiniteModelError(ValueError):
+    """The model gave a NaN or infinite loss on the clean images: the attack cannot tell whether it was fooled."""
+
+
 def evaluate(objective: Objective, x: Tensor, targets: Any) -> tuple[Tensor, Tensor]:
-    """Per-sample ``(loss, success)`` in one forward pass when the objective offers ``loss_and_success``."""
+    """Per-sample ``(loss, success)`` in one forward pass when the objective offers ``loss_and_success``.
+
+    ``success`` is ``False`` wherever the loss is NaN or infinite: a model that breaks down is never "fooled". The
+    shapes are checked, so an objective returning anything but ``(B,)`` per-sample values raises ``ValueError``.
+    """
     both = getattr(objective, "loss_and_success", None)
     if both is not None:
         loss, success = both(x, targets)
@@ -105,7 +130,21 @@ def evaluate(objective: Objective, x: Tensor, targets: Any) -> tuple[Tensor, Ten
         loss = objective.loss(x, targets)
         with torch.no_grad():
             success = objective.success(x, targets)
-    return loss, success.bool()
+    for name, value in (("loss", loss), ("success", success)):
+        if not isinstance(value, Tensor) or value.shape != (x.shape[0],):
+            raise ValueError(f"the objective's {name} must be a tensor of shape ({x.shape[0]},), one value per "
+                             f"sample, got {getattr(value, 'shape', type(value).__name__)}")
+    return loss, success.bool() & torch.isfinite(loss.detach())
+
+
+def require_finite(loss: Tensor) -> None:
+    """Raise :class:`NonFiniteModelError` unless every clean-image loss is finite (one host sync)."""
+    bad = int((~torch.isfinite(loss)).sum())
+    if bad:
+        raise NonFiniteModelError(
+            f"the model gave a NaN or infinite loss on {bad} of {loss.shape[0]} clean images, before any "
+            "perturbation; check the model and its inputs (dtype, normalisation) before attacking"
+        )
 
 
 def select(targets: Any, index: Tensor | Sequence[int]) -> Any:

@@ -30,7 +30,7 @@ from torch import Tensor
 from . import rng
 from .config import KernelSpec, build_structure, freeze_kernel
 from .losses import check_loss_name
-from .objective import as_objective, evaluate, select
+from .objective import as_objective, evaluate, require_finite, select
 from .result import AttackResult, audit, changed_pixels
 from .structure import Structure
 from .validation import check_images, check_positive_int, check_range, check_targets
@@ -122,13 +122,15 @@ class SparseRS:
         """Attack the batch ``x (B, C, H, W)`` in ``[0, 1]``; ``ids`` (default positions) seed each sample."""
         objective = as_objective(model, self.loss, self.targeted)
         x = check_images(x).detach()
-        check_targets(x, targets)
+        check_targets(x, targets, objective)
         structure = build_structure(self.kernel, self.stride, *x.shape[-2:])
         self._check_fits(x, structure)
         draws = _Draws.for_samples(self.seed, rng.sample_ids(ids, x.shape[0]), x.device)
         with torch.no_grad():
             loss, success = evaluate(objective, x, targets)
-            out = _Outcome(x, loss.to(x.dtype), success, structure)
+            loss = loss.to(x.dtype)
+            require_finite(loss)
+            out = _Outcome(x, loss, success, structure)
             todo = (~success).nonzero().flatten()
             if todo.numel() and self.queries > 1:
                 self._search(objective, x, targets, todo, draws, structure, out)
@@ -165,7 +167,10 @@ class SparseRS:
             else:
                 candidate = search.propose(step, resample_fraction(step, self.queries, self.p_init, self.mode))
             loss, success = evaluate(objective, candidate, targets)
+            # A NaN or infinite loss counts as -inf: never better than a finite one, and never a success.
             loss = loss.to(x.dtype)
+            finite = torch.isfinite(loss)
+            loss, success = torch.where(finite, loss, float("-inf")), success & finite
             used += 1
             if step == 0:  # the first random set is taken whatever its loss
                 best, better = loss, torch.ones_like(success)
@@ -418,12 +423,17 @@ class _Outcome:
         self.groups = None if grid is None else torch.zeros(b, 1, *grid, dtype=torch.bool, device=x.device)
 
     def write(self, rows: Tensor, done: Tensor, adversarial, loss, success, iterations, groups) -> None:
-        """Store rows ``done`` of the active batch (whose batch positions are ``rows``)."""
+        """Store rows ``done`` of the active batch (whose batch positions are ``rows``).
+
+        A sample whose every query gave a NaN or infinite loss (best loss -inf) keeps its clean image and loss.
+        """
         index = rows.index_select(0, done)
-        for name, value in (("adversarial", adversarial), ("loss", loss), ("success", success),
-                            ("iterations", iterations), ("groups", groups)):
+        self.success[index] = success.index_select(0, done)
+        self.iterations[index] = iterations.index_select(0, done)
+        found = torch.isfinite(loss.index_select(0, done))
+        for name, value in (("adversarial", adversarial), ("loss", loss), ("groups", groups)):
             if value is not None:
-                getattr(self, name)[index] = value.index_select(0, done)
+                getattr(self, name)[index[found]] = value.index_select(0, done)[found]
 
     def result(self, x: Tensor, k: int, structure: Structure | None) -> AttackResult:
         mask = changed_pixels(x, self.adversarial)

@@ -25,7 +25,7 @@ from torch import Tensor
 from . import rng
 from .config import KernelSpec, build_structure, freeze_kernel
 from .losses import check_loss_name
-from .objective import as_objective, evaluate, select
+from .objective import as_objective, evaluate, require_finite, select
 from .result import AttackResult, AuditError, audit, changed_pixels
 from .rs import SparseRS
 from .spgd import SparsePGD
@@ -147,12 +147,14 @@ class SparseAutoAttack:
         """Attack the batch ``x (B, C, H, W)`` in ``[0, 1]``; ``ids`` (default positions) seed each sample."""
         objective = as_objective(model, self.loss, self.targeted)
         x = check_images(x).detach()
-        check_targets(x, targets)
+        check_targets(x, targets, objective)
         ids = rng.sample_ids(ids, x.shape[0])
         structure = build_structure(self.kernel, self.stride, *x.shape[-2:])
         with torch.no_grad():
             loss, success = evaluate(objective, x, targets)
-        out = _Cascade(x, loss.to(x.dtype), success, structure)
+        loss = loss.to(x.dtype)
+        require_finite(loss)
+        out = _Cascade(x, loss, success, structure)
         for number, attack in enumerate(self.stages, 1):
             rows = (~out.success).nonzero().flatten()
             if rows.numel():

@@ -27,7 +27,7 @@ from torch import Tensor
 from . import rng
 from .config import KernelSpec, build_structure, freeze_kernel
 from .losses import check_loss_name
-from .objective import as_objective, evaluate, select
+from .objective import as_objective, evaluate, require_finite, select
 from .result import AttackResult, audit, changed_pixels
 from .validation import check_images, check_positive_int, check_range, check_targets
 
@@ -106,7 +106,7 @@ class SparsePGD:
         """Attack the batch ``x (B, C, H, W)`` in ``[0, 1]``; ``ids`` (default positions) seed each sample."""
         objective = as_objective(model, self.loss, self.targeted)
         x = check_images(x).detach()
-        check_targets(x, targets)
+        check_targets(x, targets, objective)
         b, c, h, w = x.shape
         structure = build_structure(self.kernel, self.stride, h, w)
         grid = structure.grid_shape if structure else (h, w)
@@ -116,7 +116,9 @@ class SparsePGD:
 
         with torch.no_grad():
             clean_loss, clean_success = evaluate(objective, x, targets)
-        out = _Outcome(x, clean_loss.detach().to(x.dtype), clean_success, grid if structure else None)
+        clean_loss = clean_loss.to(x.dtype)
+        require_finite(clean_loss)
+        out = _Outcome(x, clean_loss, clean_success, grid if structure else None)
         todo = (~clean_success).nonzero().flatten().tolist()
         if todo:
             self._run(objective, x, targets, todo, gens, structure, grid, out)
@@ -143,7 +145,10 @@ class SparsePGD:
             with torch.enable_grad():
                 loss, success = evaluate(objective, x_adv, s.targets)
                 (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            better = s.record(loss.detach(), success, support)
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)  # a model breaking down steers nothing
+            loss = loss.detach().to(x.dtype)
+            success &= torch.isfinite(loss)  # evaluate checked before the cast to the images' dtype
+            better = s.record(loss, success, support)
 
             stuck = unchanged >= self.patience
             flags = torch.stack((success, stuck & ~success, better)).cpu()  # the one host sync per iteration
@@ -222,10 +227,13 @@ class _Active:
         self.groups = None if out.groups is None else out.groups.index_select(0, self.index)
 
     def record(self, loss: Tensor, success: Tensor, support: Tensor) -> Tensor:
-        """Update losses, success and placements; return which samples improved (their images: keep_best)."""
+        """Update losses, success and placements; return which samples improved (their images: keep_best).
+
+        An iterate with a NaN or infinite loss is never better (and was already denied success).
+        """
         self.iterations += 1
-        better = success | (loss > self.loss)
-        torch.where(better, loss.to(self.loss.dtype), self.loss, out=self.loss)
+        better = success | (torch.isfinite(loss) & (loss > self.loss))
+        torch.where(better, loss, self.loss, out=self.loss)
         self.success |= success
         if self.groups is not None:
             torch.where(better.view(-1, 1, 1, 1), support.bool(), self.groups, out=self.groups)

@@ -182,7 +182,7 @@ class SparseAdversarialTraining:
         check_range("beta", self.beta, 0.0, float("inf"))
         if self.loss not in TRAINING_LOSSES:
             raise ValueError(f"unknown training loss {self.loss!r}; allowed: {list(TRAINING_LOSSES)}")
-        if self.gradient not in GRADIENTS:
+        if not isinstance(self.gradient, str) or self.gradient not in GRADIENTS:
             raise ValueError(f"unknown gradient {self.gradient!r}; allowed: {list(GRADIENTS)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")

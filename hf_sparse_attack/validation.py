@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -28,13 +29,20 @@ def check_images(x: Any) -> Tensor:
     return x
 
 
-def check_targets(x: Tensor, targets: Any) -> None:
-    """``targets`` must describe exactly one entry per image."""
+def check_targets(x: Tensor, targets: Any, objective: Any = None) -> None:
+    """``targets`` must describe exactly one entry per image, and suit ``objective`` when it can tell.
+
+    An objective may offer ``check_targets(x, targets)`` raising ``ValueError`` for targets it cannot use; it is
+    called once per attack, before any perturbation.
+    """
     n = batch_len(targets)
     if n != x.shape[0]:
         raise ValueError(f"targets describe {n} samples but the image batch has {x.shape[0]}")
     if isinstance(targets, Tensor) and targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
         raise ValueError("targets contain NaN or Inf")
+    own_check = getattr(objective, "check_targets", None)
+    if own_check is not None:
+        own_check(x, targets)
 
 
 def check_positive_int(name: str, value: Any, maximum: int | None = None, what: str = "") -> int:
@@ -47,9 +55,9 @@ def check_positive_int(name: str, value: Any, maximum: int | None = None, what: 
 
 
 def check_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    """``value`` must be a real number in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    """``value`` must be a finite real number in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value > high or value < low or (low_open and value == low):
         left = "(" if low_open else "["
         raise ValueError(f"{name} must be in {left}{low}, {high}], got {value!r}")
