@@ -17,7 +17,6 @@ tensor([[0., 0., 0., 0.],
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

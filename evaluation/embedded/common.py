@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -115,3 +115,61 @@ def write_summary(output_dir: str | Path, summary: dict) -> None:
     with open(Path(output_dir) / "training_summary.json", "w") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
+
+
+def held_out(quality: Callable, objective_class: type, model: torch.nn.Module, processor: Any, n: int) -> dict:
+    """``quality(objective_class(model, processor), n=n)`` in eval mode, back in train mode after."""
+    model.eval()
+    try:
+        return quality(objective_class(model, processor), n=n)
+    finally:
+        model.train()
+
+
+def train(name: str, args: argparse.Namespace, model: torch.nn.Module, processor: Any,
+          step_loss: Callable[[int], torch.Tensor], evaluate: Callable[[int], dict],
+          weight_decay: float, max_grad_norm: float | None = None,
+          before_save: Callable[[], None] | None = None) -> dict:
+    """The shared loop: AdamW with :func:`learning_rate_factor`, checkpoints, held-out evaluations, then
+    ``save_pretrained`` of model and processor into ``args.output_dir`` with ``training_summary.json``.
+
+    ``step_loss(step)`` builds that step's batch and returns its loss; ``evaluate(n)`` gives held-out metrics on
+    ``n`` images; ``before_save`` prepares the model for saving (after the final evaluation).
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=weight_decay)
+    checkpoints = Checkpointer(args.checkpoint_dir)
+    step, elapsed = (0, 0.0) if args.no_resume else checkpoints.load(model, optimizer)
+    timer = Timer(elapsed)
+    logger.info("%s: %.2f M parameters, %d steps", name, sum(p.numel() for p in model.parameters()) / 1e6,
+                args.max_train_steps)
+    while step < args.max_train_steps:
+        with timer:
+            for group in optimizer.param_groups:
+                group["lr"] = args.learning_rate * learning_rate_factor(step, args.max_train_steps, args.warmup_steps)
+            loss = step_loss(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            step += 1
+        if step % 20 == 0:
+            logger.info("step %d loss %.4f (%.0f s)", step, loss.item(), timer.elapsed)
+        if step % args.checkpoint_every == 0 or step == args.max_train_steps:
+            checkpoints.save(model, optimizer, step, timer.elapsed)
+        if args.eval_every and step % args.eval_every == 0 and step < args.max_train_steps:
+            metrics = evaluate(100)
+            logger.info("step %d held-out (100 images): %s", step, metrics)
+            checkpoints.record(step=step, seconds=timer.elapsed, **metrics)
+    metrics = evaluate(args.eval_images)
+    logger.info("final held-out (%d images): %s", args.eval_images, metrics)
+    checkpoints.record(step=step, seconds=timer.elapsed, final=True, **metrics)
+    model.eval()
+    if before_save is not None:
+        before_save()
+    model.save_pretrained(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+    summary = {"model": name, "steps": step, "train_seconds": round(timer.elapsed, 1),
+               "threads": args.threads, "arguments": vars(args), "held_out": metrics}
+    write_summary(args.output_dir, summary)
+    return summary

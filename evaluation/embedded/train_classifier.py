@@ -17,14 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.embedded.common import (
-    Checkpointer,
-    Timer,
     base_parser,
+    held_out,
     images_to_tensor,
-    learning_rate_factor,
-    logger,
     setup,
-    write_summary,
+    train,
 )
 from evaluation.shapes import CLASSES, TRAIN_SEED, classification_sample
 
@@ -57,61 +54,27 @@ def training_batch(step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tens
     return images_to_tensor([s.image for s in samples]), labels
 
 
-def evaluate(model, processor, n: int) -> dict:
-    from evaluation.embedded.quality import classification_quality
-    from tasks import ClassificationObjective
-
-    model.eval()
-    try:
-        return classification_quality(ClassificationObjective(model, processor), n=n)
-    finally:
-        model.train()
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__.splitlines()[0], "classifier", steps=1500, batch_size=64, lr=2e-3)
     parser.add_argument("--weight_decay", type=float, default=1e-4)
     args = parser.parse_args(argv)
     setup(args)
+    from evaluation.embedded.quality import classification_quality
+    from tasks import ClassificationObjective
     from tasks.pixels import Normalizer
 
     model, processor = build_model()
     model.train()
     normalize = Normalizer.from_processor(processor)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    checkpoints = Checkpointer(args.checkpoint_dir)
-    step, elapsed = (0, 0.0) if args.no_resume else checkpoints.load(model, optimizer)
-    timer = Timer(elapsed)
-    logger.info("classifier: %.2f M parameters, %d steps", sum(p.numel() for p in model.parameters()) / 1e6,
-                args.max_train_steps)
-    while step < args.max_train_steps:
-        with timer:
-            for group in optimizer.param_groups:
-                group["lr"] = args.learning_rate * learning_rate_factor(step, args.max_train_steps, args.warmup_steps)
-            x, labels = training_batch(step, args.per_device_train_batch_size)
-            loss = F.cross_entropy(model(pixel_values=normalize(x)).logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-        if step % 20 == 0:
-            logger.info("step %d loss %.4f (%.0f s)", step, loss.item(), timer.elapsed)
-        if step % args.checkpoint_every == 0 or step == args.max_train_steps:
-            checkpoints.save(model, optimizer, step, timer.elapsed)
-        if args.eval_every and step % args.eval_every == 0 and step < args.max_train_steps:
-            metrics = evaluate(model, processor, n=200)
-            logger.info("step %d held-out (200 images): %s", step, metrics)
-            checkpoints.record(step=step, seconds=timer.elapsed, **metrics)
-    metrics = evaluate(model, processor, n=args.eval_images)
-    logger.info("final held-out (%d images): %s", args.eval_images, metrics)
-    checkpoints.record(step=step, seconds=timer.elapsed, final=True, **metrics)
-    model.eval()
-    model.save_pretrained(args.output_dir)
-    processor.save_pretrained(args.output_dir)
-    summary = {"model": "classifier", "steps": step, "train_seconds": round(timer.elapsed, 1),
-               "threads": args.threads, "arguments": vars(args), "held_out": metrics}
-    write_summary(args.output_dir, summary)
-    return summary
+
+    def step_loss(step: int) -> torch.Tensor:
+        x, labels = training_batch(step, args.per_device_train_batch_size)
+        return F.cross_entropy(model(pixel_values=normalize(x)).logits, labels)
+
+    def evaluate(n: int) -> dict:
+        return held_out(classification_quality, ClassificationObjective, model, processor, n)
+
+    return train("classifier", args, model, processor, step_loss, evaluate, args.weight_decay)
 
 
 if __name__ == "__main__":
