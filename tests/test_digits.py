@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from attack_checks import assert_valid_result
-from evaluation.digits import digits_split, train_digits_cnn
+from evaluation.digits import digits_split
 from hf_sparse_attack import SparsePGD
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def trained():
-    model, accuracy = train_digits_cnn()
+def trained(digits_model):
+    model, accuracy = digits_model
     (_, _), (x, y) = digits_split()
     return model, accuracy, x, y
 

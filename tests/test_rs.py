@@ -4,13 +4,10 @@ import torch.nn.functional as F
 
 from analytic import LinearTwoClass, assert_no_cheaper_attack, best_placements_gain, make_model, needing_exactly
 from attack_checks import assert_valid_result
-from tiny_models import photo_crops, tiny_detr, tiny_segformer
 
-from evaluation.digits import digits_split, train_digits_cnn
 from hf_sparse_attack import kernels
 from hf_sparse_attack.objective import ClassifierObjective
 from hf_sparse_attack.rs import SparseRS, resample_fraction
-from tasks import load_task
 
 torch.set_num_threads(1)
 
@@ -18,32 +15,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def model():
     return make_model()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    cnn, accuracy = train_digits_cnn()
-    assert accuracy > 0.97
-    (_, _), (x_test, y_test) = digits_split()
-    return cnn, x_test[:100], y_test[:100]
-
-
-@pytest.fixture(scope="module")
-def tiny_tasks(tmp_path_factory):
-    return tiny_task_batches(tmp_path_factory.mktemp("tiny_tasks"))
-
-
-def tiny_task_batches(root):
-    """A tiny DETR and a tiny SegFormer loaded with ``tasks.load_task``, each with 3 prepared images and the clean
-    predictions as targets, at thresholds where the attacks have some work to do: ``{task: (objective, x, y)}``."""
-    images = photo_crops(3, 64)
-    detr = tiny_detr(root)
-    x, _ = load_task(detr).prepare(images)
-    top = min(p["scores"].max().item() for p in load_task(detr).predict(x, score_threshold=0.0))
-    detector = load_task(detr, score_threshold=round(0.7 * top, 4))  # every image keeps a clean detection
-    segmenter = load_task(tiny_segformer(root), adv_threshold=0.1)
-    return {name: (objective, *objective.prepare(images))
-            for name, objective in (("detection", detector), ("segmentation", segmenter))}
 
 
 class CountingObjective:

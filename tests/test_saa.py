@@ -5,27 +5,12 @@ import torch
 
 from analytic import make_model, needing_exactly
 from attack_checks import assert_valid_result
-from test_rs import tiny_task_batches
-from evaluation.digits import digits_split, train_digits_cnn
 from hf_sparse_attack import SparsePGD, kernels
 from hf_sparse_attack.config import to_dict
 from hf_sparse_attack.rs import SparseRS
 from hf_sparse_attack.saa import PRESETS, CascadeResult, SparseAutoAttack
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    cnn, accuracy = train_digits_cnn()
-    assert accuracy > 0.97
-    (_, _), (x_test, y_test) = digits_split()
-    return cnn, x_test[:100], y_test[:100]
-
-
-@pytest.fixture(scope="module")
-def tiny_tasks(tmp_path_factory):
-    return tiny_task_batches(tmp_path_factory.mktemp("tiny_tasks"))
 
 
 def small_cascade(k, seed=0, **structure):
