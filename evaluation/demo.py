@@ -67,6 +67,10 @@ TASKS = (
 )
 
 
+#: The most generated images per task the demo accepts (a few minutes of CPU).
+MAX_SAMPLES = 1000
+
+
 def write_dataset(task: str, samples: int, path: Path) -> None:
     """``samples`` generated held-out images of ``task`` as a ``save_to_disk`` dataset (split ``validation``)."""
     if task == "classification":
@@ -169,8 +173,9 @@ def write_index(root: Path, rows: Sequence[dict]) -> None:
 
 def run_demo(args: argparse.Namespace) -> dict:
     """Run every task, print the table, write ``demo_results.json`` and ``index.html``; returns the results."""
-    if args.samples < 1:
-        raise UsageError(f"--samples must be a positive integer, got {args.samples}")
+    if not 1 <= args.samples <= MAX_SAMPLES:
+        raise UsageError(f"--samples must be an integer in [1, {MAX_SAMPLES}], got {args.samples} (the demo is a "
+                         "showcase; evaluate larger sets with hf-sparse-attack eval)")
     if args.num_threads < 1:
         raise UsageError(f"--num_threads must be a positive integer, got {args.num_threads}")
     root = Path(args.output_dir)
@@ -197,7 +202,8 @@ def build_parser() -> Parser:
     parser.add_argument("--output_dir", default="./hf-sparse-attack-demo", help="where everything is written "
                         "(default ./hf-sparse-attack-demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo")
-    parser.add_argument("--samples", type=int, default=32, help="generated images per task (default 32)")
+    parser.add_argument("--samples", type=int, default=32,
+                        help=f"generated images per task, 1 to {MAX_SAMPLES} (default 32)")
     parser.add_argument("--num_threads", type=int, default=2, help="torch CPU threads (default 2)")
     return parser
 

@@ -105,8 +105,10 @@ def parse_kernel(spec: str) -> Tensor:
                          ":N, letter:C:N or the path of a binary image")
     try:
         return KERNELS[name](*params)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"bad kernel {spec!r}: {err}") from None
+    except TypeError:
+        raise UsageError(f"bad kernel {spec!r}: wrong number of ':'-separated parameters") from None
+    except (ValueError, RuntimeError) as err:  # RuntimeError: a size too large to allocate
+        raise UsageError(f"bad kernel {spec!r}: {str(err).splitlines()[0]}") from None
 
 
 def _spgd(args: argparse.Namespace, k: int, shared: dict) -> SparsePGD:

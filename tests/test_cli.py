@@ -132,6 +132,7 @@ def test_attack_file_and_folder(images, tmp_path):
     (["attack", "IMAGES", "--model_name_or_path", "MODEL", "--k", "ten", "--output_dir", "OUT"], "invalid int"),
     (["eval", "--model_name_or_path", "./no/such/model"], "does not exist"),
     (["demo", "--samples", "0", "--output_dir", "OUT"], "--samples must be"),
+    (["demo", "--samples", "1000000000", "--output_dir", "OUT"], "--samples must be an integer in [1, 1000]"),
 ])
 def test_errors_are_one_line_with_exit_code_2(argv, message, images, tmp_path, capsys):
     values = {"IMAGES": str(images), "MODEL": str(model_path("classifier")), "OUT": str(tmp_path / "out")}
