@@ -111,7 +111,7 @@ def test_fast_preset_on_detection_and_segmentation(tiny_tasks, task):
 
 def test_structured_cascade_is_audited():
     model = make_model()
-    x = torch.rand(6, 3, 8, 8)
+    x = needing_exactly(model, 4, 6, seed=2)
     kernel = kernels.square(2)
     result = small_cascade(k=2, kernel=kernel, stride=2)(model, x, torch.zeros(6, dtype=torch.long))
     assert_valid_cascade(result, x, 2, stages=3, kernel=kernel, stride=2)
