@@ -118,13 +118,10 @@ def tiny_swin(directory: str | Path) -> Path:
     return _save(directory, "swin", hf.SwinForImageClassification, config, processor)
 
 
-def tiny_detr(directory: str | Path) -> Path:
-    """DETR without timm: ResNet basic backbone (stride 32), d_model 32, 1+1 layers, 10 queries, 3 classes, no
-    auxiliary loss (so that ``outputs.loss`` is the final layer's set loss).
-
-    ``DetrImageProcessor`` with shortest edge 64 and longest edge 96 (aspect ratio kept, batches padded).
-    """
-    config = hf.DetrConfig(
+def _detr_sizes() -> dict:
+    """What the tiny DETR and Conditional DETR share: ResNet basic backbone without timm, d_model 32, 1+1 layers,
+    10 queries, 3 classes; ``init_std`` 0.3 so that queries differ between images even untrained."""
+    return dict(
         use_timm_backbone=False,
         use_pretrained_backbone=False,
         backbone=None,
@@ -141,6 +138,17 @@ def tiny_detr(directory: str | Path) -> Path:
         init_std=0.3,
         **_labels(NUM_DETECTION_CLASSES, "object_"),
     )
+
+
+def tiny_detr(directory: str | Path) -> Path:
+    """DETR without timm: ResNet basic backbone (stride 32), d_model 32, 1+1 layers, 10 queries, 3 classes, no
+    auxiliary loss (so that ``outputs.loss`` is the final layer's set loss).
+
+    ``DetrImageProcessor`` with shortest edge 64 and longest edge 96 (aspect ratio kept, batches padded).
+    """
+    config = hf.DetrConfig(
+        **_detr_sizes(),
+    )
     processor = hf.DetrImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96})
     return _save(directory, "detr", hf.DetrForObjectDetection, config, processor)
 
@@ -148,21 +156,7 @@ def tiny_detr(directory: str | Path) -> Path:
 def tiny_conditional_detr(directory: str | Path) -> Path:
     """Conditional DETR (sigmoid class scores, focal loss), same backbone and sizes as :func:`tiny_detr`."""
     config = hf.ConditionalDetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        backbone=None,
-        backbone_config=_resnet_backbone(["stage4"]),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        num_queries=10,
-        dropout=0.0,
-        init_std=0.3,
-        **_labels(NUM_DETECTION_CLASSES, "object_"),
+        **_detr_sizes(),
     )
     processor = hf.ConditionalDetrImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96})
     return _save(directory, "conditional_detr", hf.ConditionalDetrForObjectDetection, config, processor)
