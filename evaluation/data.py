@@ -10,7 +10,9 @@ Each gives an :class:`EvalDataset`: ``dataset[position]`` is a :class:`Sample` (
 
 - classification: the class id (``int``);
 - detection: a dict of numpy arrays, ``boxes`` ``(n, 4)`` COCO ``[x, y, width, height]`` in pixels of the image,
-  ``labels`` ``(n,)`` class ids of the model, ``area`` and ``iscrowd`` (COCO's, else ``w * h`` and 0);
+  ``labels`` ``(n,)`` class ids of the model, ``area`` and ``iscrowd`` (COCO's, else ``w * h`` and 0). Boxes are
+  clipped to the image, and boxes with no area inside it (outside the image, zero width or height) are dropped;
+  each such change is listed, in words, in the sample's ``changes`` (reported in ``all_results.json``);
 - segmentation: the label map, an ``(H, W)`` uint8 array of the image's size (255: unlabelled).
 
 Sample ids are the row index in the split (Hugging Face) or the COCO image id; ``max_eval_samples`` keeps the
@@ -35,7 +37,7 @@ import io
 import os
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +83,13 @@ class Columns:
 
 @dataclass
 class Sample:
-    """One image to evaluate: its stable ``id``, the RGB ``image`` and the task's ``annotation``."""
+    """One image to evaluate: its stable ``id``, the RGB ``image``, the task's ``annotation`` and the ``changes``
+    made to the dataset's annotation to make it usable (in words; see :func:`fit_boxes`)."""
 
     id: int
     image: Image.Image
     annotation: Any
+    changes: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -178,6 +182,55 @@ def objects(boxes: Any, labels: Any, area: Any = None, iscrowd: Any = None, bbox
     return {"boxes": boxes, "labels": labels, "area": area, "iscrowd": iscrowd}
 
 
+def fit_boxes(annotation: dict, size: tuple[int, int]) -> tuple[dict, list[str]]:
+    """A detection annotation (from :func:`objects`) with its boxes clipped to the image of ``size``
+    ``(height, width)`` and the boxes with no area inside it dropped; and the changes made, in words.
+
+    >>> annotation, changes = fit_boxes(objects([[2, 1, 4, 4], [8, 0, 3, 3], [1, 1, 0, 2]], [0, 1, 2]), (4, 6))
+    >>> annotation["boxes"].tolist(), annotation["labels"].tolist(), annotation["area"].tolist()
+    ([[2.0, 1.0, 4.0, 3.0]], [0], [12.0])
+    >>> changes  # doctest: +NORMALIZE_WHITESPACE
+    ['box 0 [2.0, 1.0, 4.0, 4.0] clipped to the 4x6 image: [2.0, 1.0, 4.0, 3.0]',
+     'box 1 [8.0, 0.0, 3.0, 3.0] dropped: no area inside the 4x6 image',
+     'box 2 [1.0, 1.0, 0.0, 2.0] dropped: zero width or height']
+    """
+    height, width = size
+    boxes = annotation["boxes"]
+    corners = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    clipped = np.clip(corners, 0, [width, height, width, height])
+    fitted = np.concatenate([clipped[:, :2], clipped[:, 2:] - clipped[:, :2]], axis=1)
+    keep = (fitted[:, 2] > 0) & (fitted[:, 3] > 0)
+    changes = []
+    for i in np.nonzero(~keep | (fitted != boxes).any(axis=1))[0]:
+        box = boxes[i].tolist()
+        if keep[i]:
+            changes.append(f"box {i} {box} clipped to the {height}x{width} image: {fitted[i].tolist()}")
+        elif box[2] > 0 and box[3] > 0:
+            changes.append(f"box {i} {box} dropped: no area inside the {height}x{width} image")
+        else:
+            changes.append(f"box {i} {box} dropped: zero width or height")
+    area = np.minimum(annotation["area"], fitted[:, 2] * fitted[:, 3])
+    fitted_annotation = {"boxes": fitted, "labels": annotation["labels"], "area": area,
+                         "iscrowd": annotation["iscrowd"]}
+    return {key: value[keep] for key, value in fitted_annotation.items()}, changes
+
+
+def _check_label_feature(dataset: Any, task: str, column: str) -> None:
+    """A label column whose declared type cannot hold the task's labels is a :class:`DataError` (not every sample
+    skipped): class ids are integers, label maps are images."""
+    feature = (getattr(dataset, "features", None) or {}).get(column)
+    if task == "detection" or feature is None or type(feature).__name__ not in ("Value", "ClassLabel", "Image"):
+        return
+    dtype = str(getattr(feature, "dtype", ""))
+    if dtype == "null":  # no values to tell the type from (an empty column)
+        return
+    usable = type(feature).__name__ == "Image" if task == "segmentation" else "int" in dtype
+    if not usable:
+        needed = "label-map images" if task == "segmentation" else "integer class ids"
+        raise DataError(f"column {column!r} holds {type(feature).__name__}({dtype}) values, but {task} needs "
+                        f"{needed}; name the right column with --label_column_name")
+
+
 class HFDataset(EvalDataset):
     """A Hugging Face ``datasets.Dataset`` read row by row (images decoded on access, failures are bad samples)."""
 
@@ -199,6 +252,7 @@ class HFDataset(EvalDataset):
                 f"the dataset has no column {missing[0]!r} (columns: {dataset.column_names}); name the right one "
                 f"with {option[missing[0]]}"
             )
+        _check_label_feature(dataset, task, columns.label)
         self.dataset = dataset
         self.ids = _first(list(range(len(dataset))), max_eval_samples)
         self.description = description or {"source": "datasets.Dataset"}
@@ -211,7 +265,10 @@ class HFDataset(EvalDataset):
             cause = re.sub(r" at 0x[0-9a-fA-F]+", "", str(err))  # the same reason in every run
             raise BadSample(f"row {sample_id} could not be read: {type(err).__name__}: {cause}") from None
         image = rgb(row[self.columns.image])
-        return Sample(sample_id, image, self._annotation(row, (image.height, image.width)))
+        annotation = self._annotation(row, (image.height, image.width))
+        if self.task != "detection":
+            return Sample(sample_id, image, annotation)
+        return Sample(sample_id, image, *fit_boxes(annotation, (image.height, image.width)))
 
     def _annotation(self, row: dict, size: tuple[int, int]) -> Any:
         c = self.columns
@@ -301,7 +358,7 @@ class CocoDataset(EvalDataset):
             [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns],
             [a.get("iscrowd", 0) for a in anns],
         )
-        return Sample(image_id, image, annotation)
+        return Sample(image_id, image, *fit_boxes(annotation, (image.height, image.width)))
 
 
 def load_hf(
@@ -338,9 +395,12 @@ def load_hf(
             f"{dataset_name!r} is not a local directory and the Hugging Face Hub cannot be reached ({err}); pass a "
             "local copy (save_to_disk or an image folder) or check the network and HF_DATASETS_OFFLINE"
         ) from err
+    except DataError:
+        raise
     except (FileNotFoundError, ValueError) as err:
-        if isinstance(err, DataError):
-            raise
         raise DataError(f"could not load {dataset_name!r} (split {split!r}): {err}") from err
+    except Exception as err:  # noqa: BLE001 - e.g. datasets' IndexError on an empty save_to_disk split
+        raise DataError(f"could not load {dataset_name!r} (split {split!r}): {type(err).__name__}: {err} (is the "
+                        "dataset empty or damaged?)") from err
     return HFDataset(dataset, task, columns, max_eval_samples, description)
 

@@ -3,8 +3,10 @@
 A script is a :class:`TaskSpec` (how its task's predictions become records, metrics and pictures) and a
 ``main(argv)`` that calls :func:`run_script`. The loop, :func:`evaluate`:
 
-1. Every process checks the output directory (before anything heavy; see :mod:`evaluation.records`), loads the
-   model with :func:`tasks.load_task` and the dataset with :mod:`evaluation.data`. The samples, in dataset order,
+1. Every process checks, cheapest first, the flags, the model's config (:func:`tasks.check_model`), the output
+   directory (see :mod:`evaluation.records`) and the dataset (:mod:`evaluation.data`), so that a bad input is one
+   error line before anything heavy or any log line; then it loads the model with :func:`tasks.load_task`.
+   The samples, in dataset order,
    are cut into batches of ``--per_device_eval_batch_size``; process ``r`` of ``n`` takes batches ``r, r + n, ...``.
    A batch's content never depends on the number of processes and a sample's attack is seeded by its id, so one
    and two processes produce the same records; no sample is attacked twice or padded in.
@@ -34,6 +36,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -304,13 +307,12 @@ def frame_image(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------------- the loop
 def setup(args: argparse.Namespace):
-    """The accelerator (CPU processes when there is no CUDA, see ENVIRONMENT.md), logging and torch threads."""
+    """The accelerator (CPU processes when there is no CUDA, see ENVIRONMENT.md) and torch threads; the libraries'
+    messages and progress bars on the local main process only."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
-    if not accelerator.is_local_main_process:  # one copy of the libraries' messages and progress bars
+    if not accelerator.is_local_main_process:
         import datasets
         import transformers
 
@@ -325,6 +327,20 @@ def setup(args: argparse.Namespace):
     return accelerator
 
 
+def start_logging() -> None:
+    """INFO messages on stderr, once the checks have passed (until then an error is the only line printed)."""
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
+
+
+def compute_all(metrics: dict[Any, Any]) -> dict[Any, Any]:
+    """``metric.compute()`` of each value (syncing across processes). A process that fed no record (an idle
+    process, or a run whose samples were all skipped, which :func:`summary` reports) computes silently."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
+        return {key: metric.compute() for key, metric in metrics.items()}
+
+
 def metric_group(accelerator: Any) -> Any:
     """The process group metrics sync over. Metrics stay on the CPU in float64 (exact counts, boxes and ids;
     COCOeval runs there anyway), so with a non-gloo backend (NCCL on GPUs) they get a gloo group of their own.
@@ -336,22 +352,35 @@ def metric_group(accelerator: Any) -> Any:
     return dist.new_group(backend="gloo")
 
 
+def _model_options(spec: TaskSpec, args: argparse.Namespace) -> dict:
+    options = spec.options(args)
+    if args.loss is not None:
+        options["loss"] = args.loss
+    return options
+
+
+def check_model(spec: TaskSpec, name: str, args: argparse.Namespace) -> Any:
+    """:func:`tasks.check_model` with the task's options from the flags: a bad model or option is reported before
+    anything heavy (no weights are read)."""
+    import tasks
+
+    return tasks.check_model(name, task=spec.task, trust_remote_code=args.trust_remote_code,
+                             **_model_options(spec, args))
+
+
 def load_objective(spec: TaskSpec, name: str, args: argparse.Namespace, device: torch.device):
     """``tasks.load_task`` with the task's options from the flags."""
     import tasks
 
-    options = spec.options(args)
-    if args.loss is not None:
-        options["loss"] = args.loss
     return tasks.load_task(name, task=spec.task, device=device, trust_remote_code=args.trust_remote_code,
-                           **options)
+                           **_model_options(spec, args))
 
 
-def load_data(spec: TaskSpec, args: argparse.Namespace, objective: Any) -> EvalDataset:
-    """The dataset named by the data flags."""
+def load_data(spec: TaskSpec, args: argparse.Namespace, label2id: dict[str, int]) -> EvalDataset:
+    """The dataset named by the data flags; ``label2id`` is the model's (for ``--category_mapping name``)."""
     if getattr(args, "coco_annotation_file", None):
-        label2id = objective.model.config.label2id if args.category_mapping == "name" else None
-        return CocoDataset(args.coco_annotation_file, args.coco_image_dir, args.max_eval_samples, label2id)
+        mapping = label2id if args.category_mapping == "name" else None
+        return CocoDataset(args.coco_annotation_file, args.coco_image_dir, args.max_eval_samples, mapping)
     names = {"image": args.image_column_name}
     if spec.task == "detection":
         names.update(objects=args.objects_column_name, bbox=args.bbox_key, category=args.category_key,
@@ -408,6 +437,11 @@ def load_samples(dataset: EvalDataset, positions: Sequence[int]) -> tuple[list[S
     return samples, skipped
 
 
+def sample_fields(sample: Sample) -> dict:
+    """The record fields of the sample itself: its id, and the changes made to its annotation if any."""
+    return {"id": sample.id, **({"annotation_changes": sample.changes} if sample.changes else {})}
+
+
 def attack_fields(result: Any, i: int) -> dict:
     """The attack's per-sample record fields: success, l0, iterations, loss (and the cascade stage)."""
     fields = {
@@ -441,7 +475,7 @@ def attack_batch(spec: TaskSpec, objective: Any, samples: list[Sample], attacks:
         result = attack(objective, x, targets, ids=[s.id for s in samples])
         adversarial = spec.predict(objective, result.adversarial, targets, samples)
         for i, sample in enumerate(samples):
-            record = {"id": sample.id, "k": attack.k, **attack_fields(result, i)}
+            record = {**sample_fields(sample), "k": attack.k, **attack_fields(result, i)}
             records.append({**record, **spec.record(objective, sample, clean[i], adversarial[i])})
             image = frame_image(result.adversarial[i], spec.valid_size(x, targets, i))
             if args.save_adversarial:
@@ -548,15 +582,19 @@ def finish_records(run: RunDirectory, names: list[str]) -> list[dict]:
 def summary(dataset: EvalDataset, args: argparse.Namespace, records: list[dict], run: RunDirectory, resumed: int,
             started: float, accelerator: Any) -> dict:
     """What every ``all_results.json`` holds besides the metrics: data, sample counts, skipped samples and why,
-    the run's settings, time, versions. :class:`DataError` when every sample was skipped."""
+    the run's settings, time, versions; the samples whose annotation was changed, and how (e.g. boxes clipped to
+    the image). :class:`DataError` when every sample was skipped."""
     skipped = list({r["id"]: r for r in split_records(records)[1]}.values())
     evaluated = len({r["id"] for r in records if "skipped" not in r})
     if not evaluated:
         raise DataError(f"all {len(dataset)} samples were skipped (first reason: {skipped[0]['skipped']})")
+    changed = {r["id"]: r["annotation_changes"] for r in records if "annotation_changes" in r}
     return {
         "dataset": {**dataset.description, "max_eval_samples": args.max_eval_samples},
-        "samples": {"total": len(dataset), "evaluated": evaluated, "skipped": len(skipped)},
+        "samples": {"total": len(dataset), "evaluated": evaluated, "skipped": len(skipped),
+                    "annotation_changed": len(changed)},
         "skipped_samples": [{"id": r["id"], "reason": r["skipped"]} for r in skipped],
+        "annotation_changes": [{"id": i, "changes": changes} for i, changes in sorted(changed.items())],
         "records": RECORDS_FILE,
         "time_seconds": time.time() - started,
         "resumed_batches": resumed,
@@ -571,10 +609,12 @@ def evaluate(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     started = time.time()
     check_args(args)
     attacks = attack_configs(args)
+    checked = check_model(spec, args.model_name_or_path, args)
     accelerator = setup(args)
     run, resume = open_run(accelerator, args)
+    dataset = load_data(spec, args, checked.label2id)
+    start_logging()
     objective = load_objective(spec, args.model_name_or_path, args, accelerator.device)
-    dataset = load_data(spec, args, objective)
     done = start_run(accelerator, run, resume)
 
     units = batches(len(dataset), args.per_device_eval_batch_size)
@@ -597,7 +637,7 @@ def evaluate(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
         by_k, _ = split_records(run.read_unit(names[unit]))
         for k, records in by_k.items():
             spec.update(metrics[k], records)
-    computed = {k: metric.compute() for k, metric in metrics.items()}  # syncs across processes
+    computed = compute_all(metrics)
     results = None
     if accelerator.is_main_process:
         records = finish_records(run, names)

@@ -37,6 +37,8 @@ from .runner import (
     attack_fields,
     batches,
     check_args,
+    check_model,
+    compute_all,
     finish_records,
     frame_image,
     load_data,
@@ -46,8 +48,10 @@ from .runner import (
     open_run,
     prepare,
     process_units,
+    sample_fields,
     setup,
     split_records,
+    start_logging,
     start_run,
     summary,
 )
@@ -80,8 +84,8 @@ def _geometry(processor: Any) -> dict:
     return {key: settings[key] for key in ("size", "do_center_crop", "crop_size", "crop_pct") if key in settings}
 
 
-def _check_label_spaces(objectives: dict[str, Any]) -> None:
-    counts = {name: o.model.config.num_labels for name, o in objectives.items()}
+def _check_label_spaces(checked: dict[str, Any]) -> None:
+    counts = {name: model.num_labels for name, model in checked.items()}
     if len(set(counts.values())) > 1:
         raise UsageError(f"transfer needs models with one label space; their numbers of labels differ: {counts}")
 
@@ -94,12 +98,13 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     attacks = attack_configs(args)
     sources = list(dict.fromkeys(args.model_name_or_path))
     targets = list(dict.fromkeys(args.target_models or sources))
+    checked = {name: check_model(spec, name, args) for name in dict.fromkeys(sources + targets)}
+    _check_label_spaces(checked)
     accelerator = setup(args)
     run, resume = open_run(accelerator, args)
-    objectives = {name: load_objective(spec, name, args, accelerator.device)
-                  for name in dict.fromkeys(sources + targets)}
-    _check_label_spaces(objectives)
-    dataset = load_data(spec, args, objectives[sources[0]])
+    dataset = load_data(spec, args, checked[sources[0]].label2id)
+    start_logging()
+    objectives = {name: load_objective(spec, name, args, accelerator.device) for name in checked}
     done = start_run(accelerator, run, resume)
     units = batches(len(dataset), args.per_device_eval_batch_size)
     names = [f"s{s:03d}-b{b:06d}" for s in range(len(sources)) for b in range(len(units))]
@@ -125,7 +130,7 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
             for target_name in targets:
                 adversarial = predictions(target_name, result.adversarial)
                 for i, sample in enumerate(samples):
-                    record = {"id": sample.id, "k": attack.k, "source": source_name, "target": target_name,
+                    record = {**sample_fields(sample), "k": attack.k, "source": source_name, "target": target_name,
                               **attack_fields(result, i)}
                     records.append({**record, **spec.record(objectives[target_name], sample, clean[target_name][i],
                                                             adversarial[i])})
@@ -146,7 +151,7 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
                 cells[sources.index(r["source"]), targets.index(r["target"])].append(r)
             for (s, t), cell_records in cells.items():
                 spec.update(matrices[k].cells[s][t], cell_records)
-    computed = {k: matrix.compute() for k, matrix in matrices.items()}  # each cell syncs across processes
+    computed = compute_all(matrices)
     results = None
     if accelerator.is_main_process:
         records = finish_records(run, names)

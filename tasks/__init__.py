@@ -11,12 +11,13 @@ This package imports :mod:`hf_sparse_attack`, never the other way round.
 from .base import TaskObjective
 from .classification import ClassificationObjective, ClassificationOptions
 from .detection import DETECTION_HEADS, DetectionObjective, DetectionOptions, SetLossTerms
-from .loading import SUPPORTED, TaskLoadError, infer_task, load_task
+from .loading import SUPPORTED, CheckedModel, TaskLoadError, check_model, infer_task, load_task
 from .segmentation import SegmentationObjective, SegmentationOptions
 
 __all__ = [
     "DETECTION_HEADS",
     "SUPPORTED",
+    "CheckedModel",
     "ClassificationObjective",
     "ClassificationOptions",
     "DetectionObjective",
@@ -26,6 +27,7 @@ __all__ = [
     "SetLossTerms",
     "TaskLoadError",
     "TaskObjective",
+    "check_model",
     "infer_task",
     "load_task",
 ]

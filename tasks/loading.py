@@ -27,6 +27,7 @@ tasks.loading.TaskLoadError: model directory './no/such/model' does not exist ..
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,24 +97,10 @@ def load_task(
 
     Returns the objective with the model in eval mode and its parameters frozen. Raises :class:`TaskLoadError`.
     """
-    source = os.fspath(name_or_path)
-    local = _local_directory(source)
-    offline = _offline()
-    config, remote = _checked_config(source, local, offline, trust_remote_code)
-    model_type = config.get("model_type")
-    task = _check_task(task) if task is not None else _infer_task(source, config, remote)
-    adapter, auto_class, supported = ADAPTERS[task]
-    if not remote and model_type not in supported:
-        raise TaskLoadError(
-            f"{source!r} has model type {model_type!r}, which the {task} adapter does not support; "
-            f"supported model types: {', '.join(sorted(supported))}"
-        )
-    options = _options(adapter, task, options)
-    if not isinstance(allow_pickle_weights, bool):
-        raise TaskLoadError(f"allow_pickle_weights must be True or False, got {allow_pickle_weights!r}")
-    if local is not None and not allow_pickle_weights and not any(local.glob("*.safetensors*")):
-        raise TaskLoadError(_PICKLE_ONLY.format(source=source))
-    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": offline}
+    checked = check_model(name_or_path, task, trust_remote_code, allow_pickle_weights, **options)
+    source, task = checked.source, checked.task
+    adapter, auto_class, _ = ADAPTERS[task]
+    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": checked.offline}
     try:
         # weights_only=True (transformers' default, made explicit): a pickle checkpoint, when allowed, goes through
         # modeling_utils.load_state_dict -> torch.load(weights_only=True), after check_torch_load_is_safe().
@@ -132,7 +119,69 @@ def load_task(
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
-    return adapter(model, processor, source, options)
+    return adapter(model, processor, source, checked.options)
+
+
+@dataclass(frozen=True)
+class CheckedModel:
+    """What :func:`check_model` learnt from a model's config: its ``task``, the raw ``config`` dict, the adapter's
+    ``options``, and how to reach it (``source``, ``offline``)."""
+
+    source: str
+    task: str
+    config: dict
+    options: Any
+    offline: bool
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Class name -> class id (from ``label2id``, else ``id2label``)."""
+        if self.config.get("label2id"):
+            return {name: int(i) for name, i in self.config["label2id"].items()}
+        return {name: int(i) for i, name in (self.config.get("id2label") or {}).items()}
+
+    @property
+    def num_labels(self) -> int:
+        """The number of classes, as ``PretrainedConfig`` counts them (``id2label``, else ``num_labels``)."""
+        given = {key: self.config[key] for key in ("id2label", "num_labels") if self.config.get(key) is not None}
+        return transformers.PretrainedConfig(**given).num_labels
+
+
+def check_model(
+    name_or_path: str | os.PathLike,
+    task: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
+    **options: Any,
+) -> CheckedModel:
+    """Every check of :func:`load_task` that needs no weights (same arguments, same :class:`TaskLoadError`): the
+    path or Hub name, remote code, the task and model type, the options, safetensors weights in a local directory.
+
+    Scripts call it first, so that a bad model is reported before anything heavy starts.
+
+    >>> check_model("./no/such/model")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tasks.loading.TaskLoadError: model directory './no/such/model' does not exist ...
+    """
+    source = os.fspath(name_or_path)
+    local = _local_directory(source)
+    offline = _offline()
+    config, remote = _checked_config(source, local, offline, trust_remote_code)
+    model_type = config.get("model_type")
+    task = _check_task(task) if task is not None else _infer_task(source, config, remote)
+    adapter, _, supported = ADAPTERS[task]
+    if not remote and model_type not in supported:
+        raise TaskLoadError(
+            f"{source!r} has model type {model_type!r}, which the {task} adapter does not support; "
+            f"supported model types: {', '.join(sorted(supported))}"
+        )
+    options = _options(adapter, task, options)
+    if not isinstance(allow_pickle_weights, bool):
+        raise TaskLoadError(f"allow_pickle_weights must be True or False, got {allow_pickle_weights!r}")
+    if local is not None and not allow_pickle_weights and not any(local.glob("*.safetensors*")):
+        raise TaskLoadError(_PICKLE_ONLY.format(source=source))
+    return CheckedModel(source, task, config, options, offline)
 
 
 #: How transformers words a missing safetensors file under ``use_safetensors=True`` (Hub repo, local directory).

@@ -127,7 +127,7 @@ def single(root, arguments):
 
 def test_classification(single, models):
     out, results = single["classification"]
-    assert results["samples"] == {"total": 8, "evaluated": 6, "skipped": 2}
+    assert results["samples"] == {"total": 8, "evaluated": 6, "skipped": 2, "annotation_changed": 0}
     reasons = {s["id"]: s["reason"] for s in results["skipped_samples"]}
     assert "could not be read" in reasons[6] and "unlabelled" in reasons[7]
     assert [r["k"] for r in results["results"]] == [1, 2]
@@ -229,7 +229,7 @@ def test_detection_map_equals_cocoeval_on_the_records(single, root):
 
 def test_segmentation_miou_equals_a_confusion_matrix_of_the_records(single):
     out, results = single["segmentation"]
-    assert results["samples"] == {"total": 3, "evaluated": 3, "skipped": 0}
+    assert results["samples"] == {"total": 3, "evaluated": 3, "skipped": 0, "annotation_changed": 0}
     for result in results["results"]:
         rows = [r for r in records(out) if r["k"] == result["k"]]
         for column, version in ((1, "clean"), (2, "adversarial")):
