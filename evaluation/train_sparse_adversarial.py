@@ -12,20 +12,38 @@ parameters frozen. Under ``accelerate launch`` each process trains on its own ba
 unwrapped model (no collective inside the attack); gradients are synchronised in the backward pass. Sample ids
 are dataset row indices, so a sample's attack does not depend on the number of processes.
 
-Every ``--checkpointing_steps`` steps, ``output_dir/step_N`` receives the model and processor (``save_pretrained``:
-it loads by path like a Hub model) plus the optimizer, scheduler and RNG states under ``training_state``.
-``--resume_from_checkpoint OUT/step_N`` (or ``latest``) continues as if never interrupted, given the same flags
-and number of processes. At the end ``output_dir`` holds the trained model and processor (and a checkpoint's
-files), ``all_results.json``, ``trainer_state.json`` (the per-step history) and ``training_curves.png``.
+Layout of ``output_dir``::
+
+    step_N/                 checkpoint every ``--checkpointing_steps`` steps: the model and processor
+                            (``save_pretrained``: it loads by path like a Hub model), ``trainer_state.json`` (the
+                            step reached and the per-step history) and ``training_state/`` (optimizer, scheduler
+                            and RNG states)
+    config.json  model.safetensors  preprocessor_config.json  trainer_state.json  training_state/
+                            the trained model and processor, saved as a checkpoint is
+    training_curves.png     loss and clean / adversarial training accuracy per step
+    all_results.json        the configuration and final numbers; written last, it marks the training as finished
+
+A checkpoint is written into ``.step_N.tmp`` and renamed to ``step_N`` once complete, and the JSON files are
+written atomically (:func:`evaluation.records.write_json`), so a run killed at any moment leaves no partial
+checkpoint and, killed during the final save, no ``all_results.json``. ``--resume_from_checkpoint OUT/step_N``
+(or ``latest``, the highest ``step_N`` in ``output_dir``) continues as if never interrupted, given the same flags
+and number of processes. An ``output_dir`` that holds outputs of a previous training is refused unless
+``--resume_from_checkpoint`` or ``--overwrite`` is given; ``--overwrite`` removes those outputs (the names above,
+nothing else in the directory). A bad model (its config is read first), an output directory that cannot be
+written or lacks free space, and a bad dataset are reported, in that order, as one error line before the weights
+load and before ``--overwrite`` removes anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
+import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,12 +58,20 @@ from transformers import SchedulerType, get_scheduler
 
 import tasks
 from evaluation.data import Columns, DataError, EvalDataset, load_hf
-from evaluation.runner import Parser, UsageError, load_samples, prepare, run_script, setup
+from evaluation.records import RESULTS_FILE, OutputDirError, RunDirectory, atomic_write, write_json
+from evaluation.runner import Parser, UsageError, load_samples, prepare, run_script, setup, start_logging
 from hf_sparse_attack.rng import sample_seed
 from hf_sparse_attack.training import GRADIENTS, TRAINING_LOSSES, SparseAdversarialTraining
 
 STATE_DIR = "training_state"  # accelerate's state (optimizer, scheduler, RNG) inside a checkpoint directory
 TRAINER_STATE = "trainer_state.json"  # the step reached and the per-step history
+CURVES_FILE = "training_curves.png"
+CHECKPOINT = re.compile(r"step_\d+")
+#: What a training writes in ``output_dir``: what ``--overwrite`` removes (nothing else in the directory is touched).
+#: Besides these names: checkpoints ``step_N``, their temporary directories, and sharded weights.
+OUTPUTS = (RESULTS_FILE, TRAINER_STATE, CURVES_FILE, STATE_DIR, "config.json", "preprocessor_config.json",
+           "model.safetensors", "model.safetensors.index.json")
+OUTPUT_PATTERN = re.compile(r"step_\d+|\.step_\d+(\.old)?\.tmp|model-\d+-of-\d+\.safetensors")
 
 logger = get_logger(__name__)
 
@@ -84,7 +110,10 @@ def build_parser() -> Parser:
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--checkpointing_steps", type=int, help="save a checkpoint every N steps")
-    run.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'latest' (in --output_dir)")
+    previous = run.add_mutually_exclusive_group()
+    previous.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'latest' (in --output_dir)")
+    previous.add_argument("--overwrite", action="store_true",
+                          help="remove the outputs of a previous training from --output_dir (other files stay)")
     run.add_argument("--seed", type=int, default=0, help="seed of the data order, dropout and attacks")
     run.add_argument("--num_threads", type=int, help="torch CPU threads (default 1 on CPU)")
     return parser
@@ -99,6 +128,12 @@ def check_args(args: argparse.Namespace) -> SparseAdversarialTraining:
             raise UsageError(f"--{name} must be a positive integer, got {value}")
     if args.num_warmup_steps < 0:
         raise UsageError(f"--num_warmup_steps must be >= 0, got {args.num_warmup_steps}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise UsageError(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise UsageError(f"--weight_decay must be a finite number >= 0, got {args.weight_decay}")
+    if Path(args.output_dir).resolve() == Path(args.model_name_or_path).resolve():
+        raise UsageError("--output_dir must not be the --model_name_or_path directory")
     try:
         return SparseAdversarialTraining(k=args.k, steps=args.steps, patience=args.patience, loss=args.loss,
                                          beta=args.beta, gradient=args.gradient, seed=args.seed)
@@ -147,11 +182,64 @@ class EpochShuffle(Sampler):
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
+def previous_outputs(output_dir: Path) -> list[Path]:
+    """The outputs of a previous training in ``output_dir`` (see :data:`OUTPUTS`), sorted by name.
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> for name in ("notes.txt", "all_results.json", "step_2/", ".step_4.tmp/", "step_x/"):
+    ...     (out / name).mkdir() if name.endswith("/") else (out / name).touch()
+    >>> [p.name for p in previous_outputs(out)]
+    ['.step_4.tmp', 'all_results.json', 'step_2']
+    """
+    return sorted(p for p in output_dir.iterdir() if p.name in OUTPUTS or OUTPUT_PATTERN.fullmatch(p.name))
+
+
+def remove(path: Path) -> None:
+    """Remove the file or directory ``path`` if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def open_output_dir(accelerator: Any, args: argparse.Namespace) -> list[Path]:
+    """Every process: refuse an output directory holding a previous training's outputs (unless resuming or
+    ``--overwrite``) and probe that it is writable with free space; returns those outputs (for
+    :func:`remove_previous`). :class:`OutputDirError` for a directory that cannot be used."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputDirError(f"output dir {str(output_dir)!r} exists and is not a directory")
+    try:
+        previous = previous_outputs(output_dir) if output_dir.is_dir() else []
+    except OSError as err:
+        raise OutputDirError(f"cannot read output dir {str(output_dir)!r}: {err}") from err
+    if previous and not (args.overwrite or args.resume_from_checkpoint):
+        names = ", ".join(p.name for p in previous[:4]) + (", ..." if len(previous) > 4 else "")
+        raise OutputDirError(f"output dir {str(output_dir)!r} holds the outputs of a previous training ({names}); "
+                             "pass --overwrite to replace them or --resume_from_checkpoint latest to continue it")
+    accelerator.wait_for_everyone()  # every process has looked before anything is removed
+    RunDirectory(output_dir, {}).probe()
+    return previous
+
+
+def remove_previous(accelerator: Any, previous: list[Path]) -> None:
+    """Main process, under ``--overwrite``: remove a previous training's outputs (once every check has passed)."""
+    if accelerator.is_main_process:
+        try:
+            for path in previous:
+                remove(path)
+        except OSError as err:
+            raise OutputDirError(f"--overwrite: cannot remove {str(path)!r}: {err}") from err
+    accelerator.wait_for_everyone()
+
+
 def checkpoint_path(output_dir: Path, spec: str) -> Path:
-    """The checkpoint ``spec`` names: a directory, or ``latest`` (the highest ``step_N`` in ``output_dir``)."""
+    """The checkpoint ``spec`` names: a directory, or ``latest`` (the highest ``step_N`` in ``output_dir``; the
+    temporary directory of a checkpoint cut short is not one)."""
     if spec == "latest":
         found = [(int(p.name[5:]), p) for p in output_dir.glob("step_*")
-                 if re.fullmatch(r"step_\d+", p.name) and (p / STATE_DIR).is_dir()]
+                 if CHECKPOINT.fullmatch(p.name) and (p / STATE_DIR).is_dir()]
         if not found:
             raise UsageError(f"--resume_from_checkpoint latest: no checkpoint step_N in {output_dir}")
         return max(found)[1]
@@ -161,14 +249,33 @@ def checkpoint_path(output_dir: Path, spec: str) -> Path:
     return path
 
 
-def save_checkpoint(accelerator: Any, model: nn.Module, processor: Any, directory: Path, state: dict) -> None:
-    """``save_pretrained`` of the model and processor, accelerate's training state, and ``trainer_state.json``."""
+def save_training(accelerator: Any, model: nn.Module, processor: Any, directory: Path, state: dict) -> None:
+    """Every process: ``save_pretrained`` of the model and processor, accelerate's training state (collective),
+    and ``trainer_state.json``."""
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).model.save_pretrained(directory, save_function=accelerator.save)
         processor.save_pretrained(directory)
     accelerator.save_state(str(directory / STATE_DIR))
     if accelerator.is_main_process:
-        (directory / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+        write_json(directory / TRAINER_STATE, state)
+    accelerator.wait_for_everyone()
+
+
+def save_checkpoint(accelerator: Any, model: nn.Module, processor: Any, output_dir: Path, state: dict) -> None:
+    """Every process: the checkpoint ``output_dir/step_N`` (see :func:`save_training`), written into
+    ``.step_N.tmp`` and renamed once complete; a ``step_N`` of an earlier run is replaced."""
+    name = f"step_{state['step']}"
+    directory, tmp, old = output_dir / name, output_dir / f".{name}.tmp", output_dir / f".{name}.old.tmp"
+    if accelerator.is_main_process:  # left by a run killed while saving
+        remove(tmp)
+        remove(old)
+    accelerator.wait_for_everyone()
+    save_training(accelerator, model, processor, tmp, state)
+    if accelerator.is_main_process:
+        if directory.exists():
+            os.replace(directory, old)  # never a partly removed step_N
+        os.replace(tmp, directory)
+        remove(old)
     accelerator.wait_for_everyone()
 
 
@@ -193,7 +300,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
     steps = [h["step"] for h in history]
     window = max(1, len(history) // 50)
-    curve = lambda key: moving_average([h[key] for h in history], window)  # noqa: E731
+    curve = lambda key: moving_average([h[key] for h in history], window)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(steps, curve("loss"), color="tab:red")
     left.set(xlabel="step", ylabel="training loss", title="loss")
@@ -203,23 +310,30 @@ def plot_curves(history: list[dict], path: Path) -> None:
     right.legend()
     fig.suptitle(f"moving average over {window} step(s)" if window > 1 else "")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, buffer.getvalue())
 
 
 def train(args: argparse.Namespace) -> dict:
     """Train as ``args`` say (see the module docstring); the results, also in ``output_dir/all_results.json``."""
     training = check_args(args)
+    tasks.check_model(args.model_name_or_path, task="classification", trust_remote_code=args.trust_remote_code)
     accelerator = setup(args)
     output_dir = Path(args.output_dir)
+    previous = open_output_dir(accelerator, args)
     resume_from = checkpoint_path(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    columns = Columns(image=args.image_column_name, label=args.label_column_name)
+    dataset = load_hf("classification", args.dataset_name, args.dataset_split, args.dataset_config_name, columns,
+                      args.max_train_samples, args.cache_dir)
+    if args.overwrite:
+        remove_previous(accelerator, previous)
+    start_logging()
     objective = tasks.load_task(args.model_name_or_path, task="classification", device=accelerator.device,
                                 trust_remote_code=args.trust_remote_code)
     objective.model.requires_grad_(True)  # load_task freezes the parameters for attacks
     model = PixelClassifier(objective.model, objective.normalize)
-    columns = Columns(image=args.image_column_name, label=args.label_column_name)
-    dataset = load_hf("classification", args.dataset_name, args.dataset_split, args.dataset_config_name, columns,
-                      args.max_train_samples, args.cache_dir)
 
     sampler = EpochShuffle(len(dataset), args.seed)
     # The loader has a generator of its own: starting an epoch then draws nothing from the global RNG (dropout's,
@@ -248,33 +362,37 @@ def train(args: argparse.Namespace) -> dict:
                 accelerator.num_processes, steps_per_epoch, max_steps)
 
     attacked = accelerator.unwrap_model(model)  # the attack's forward passes must not reach the DDP wrapper
-    progress = tqdm(total=max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
-    model.train()
-    for epoch in range(step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch)):
-        sampler.epoch = epoch
-        done = step - epoch * steps_per_epoch
-        for x, y, ids in accelerator.skip_first_batches(loader, done) if done else loader:
-            if step >= max_steps:
-                break
-            out = training(model, x, y, step, ids=ids.tolist(), attack_model=attacked)
-            accelerator.backward(out.loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            counts = torch.stack((out.loss.detach() * len(y), out.clean_correct.sum(), out.adversarial_correct.sum(),
-                                  torch.tensor(len(y), device=y.device))).float()
-            loss, clean, adversarial, n = accelerator.reduce(counts, reduction="sum").tolist()
-            step += 1
-            history.append({"step": step, "loss": loss / n, "clean_accuracy": clean / n,
-                            "adversarial_accuracy": adversarial / n, "learning_rate": scheduler.get_last_lr()[0]})
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss / n:.4f}", clean=f"{clean / n:.3f}", adv=f"{adversarial / n:.3f}")
-            if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < max_steps:
-                save_checkpoint(accelerator, model, objective.processor, output_dir / f"step_{step}",
-                                {"step": step, "history": history})
-    progress.close()
+    bar = tqdm(total=max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
+    with bar as progress:  # closed before an error is reported, so that the error is the last line
+        model.train()
+        for epoch in range(step // steps_per_epoch, math.ceil(max_steps / steps_per_epoch)):
+            sampler.epoch = epoch
+            done = step - epoch * steps_per_epoch
+            for x, y, ids in accelerator.skip_first_batches(loader, done) if done else loader:
+                if step >= max_steps:
+                    break
+                out = training(model, x, y, step, ids=ids.tolist(), attack_model=attacked)
+                accelerator.backward(out.loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                counts = torch.stack((out.loss.detach() * len(y), out.clean_correct.sum(),
+                                      out.adversarial_correct.sum(), torch.tensor(len(y), device=y.device))).float()
+                loss, clean, adversarial, n = accelerator.reduce(counts, reduction="sum").tolist()
+                step += 1
+                history.append({"step": step, "loss": loss / n, "clean_accuracy": clean / n,
+                                "adversarial_accuracy": adversarial / n,
+                                "learning_rate": scheduler.get_last_lr()[0]})
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss / n:.4f}", clean=f"{clean / n:.3f}",
+                                     adv=f"{adversarial / n:.3f}")
+                if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < max_steps:
+                    save_checkpoint(accelerator, model, objective.processor, output_dir,
+                                    {"step": step, "history": history})
 
-    save_checkpoint(accelerator, model, objective.processor, output_dir, {"step": step, "history": history})
+    if accelerator.is_main_process:  # an earlier run's, until this run's final save is complete
+        remove(output_dir / RESULTS_FILE)
+    save_training(accelerator, model, objective.processor, output_dir, {"step": step, "history": history})
     results = {
         "model_name_or_path": args.model_name_or_path,
         "training": dataclasses.asdict(training),
@@ -287,8 +405,8 @@ def train(args: argparse.Namespace) -> dict:
         "settings": vars(args),
     }
     if accelerator.is_main_process:
-        (output_dir / "all_results.json").write_text(json.dumps(results, indent=1))
-        plot_curves(history, output_dir / "training_curves.png")
+        plot_curves(history, output_dir / CURVES_FILE)
+        write_json(output_dir / RESULTS_FILE, results)  # last: it marks the training as finished
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from attack_checks import assert_valid_result
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_models import photo_crops, tiny_vit
 from torch import nn
 
-from attack_checks import assert_valid_result
 from evaluation.digits import digits_split
 from hf_sparse_attack import SparsePGD
 from hf_sparse_attack.training import SparseAdversarialTraining, frozen, perturb, sat_loss, strades_loss
-from tiny_models import photo_crops, tiny_vit
 
 torch.set_num_threads(1)
 
@@ -107,8 +107,8 @@ def test_gradient_choice_per_step():
     assert attack.seed != SparseAdversarialTraining(k=3, steps=7).attack(6).seed
 
 
-@pytest.mark.parametrize("bad", [dict(k=0), dict(k=2, loss="trades"), dict(k=2, gradient="alter"),
-                                 dict(k=2, beta=-1.0), dict(k=2, patience=0)])
+@pytest.mark.parametrize("bad", [{"k": 0}, {"k": 2, "loss": "trades"}, {"k": 2, "gradient": "alter"},
+                                 {"k": 2, "beta": -1.0}, {"k": 2, "patience": 0}])
 def test_invalid_configurations_raise(bad):
     with pytest.raises(ValueError):
         SparseAdversarialTraining(**bad)
@@ -157,6 +157,7 @@ def test_script_trains_checkpoints_and_resumes_to_the_same_weights(setup):
     assert results["steps"] == 5 and results["train_images"] == 12 and results["num_processes"] == 1
     assert {"step_2", "step_4", "all_results.json", "training_curves.png", "trainer_state.json"} <= {
         p.name for p in full.iterdir()}
+    assert not [p for p in full.rglob(".*")]  # no temporary file or checkpoint directory is left
     history = json.loads((full / "trainer_state.json").read_text())["history"]
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5]
     trained = tasks.load_task(str(full))  # loads by path like a Hub model
@@ -188,7 +189,7 @@ def test_two_process_accelerate_launch_on_cpu_completes_and_the_model_loads(setu
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
                *arguments(model, tmp / "data", out, "--per_device_train_batch_size", "3", "--num_train_epochs", "2")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     # each process trains on its own half: 12 images / (2 processes x 3) = 2 steps per epoch
@@ -199,12 +200,165 @@ def test_two_process_accelerate_launch_on_cpu_completes_and_the_model_loads(setu
     assert trained.predict(x).shape == (2,)
 
 
-@pytest.mark.parametrize("extra", [["--k", "0"], ["--loss", "trades"], ["--checkpointing_steps", "0"],
-                                   ["--resume_from_checkpoint", "latest"]])
-def test_script_usage_errors_exit_with_code_2(tmp_path, extra, capsys):
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--k", "0"], "k must be"), (["--loss", "trades"], "--loss"), (["--checkpointing_steps", "0"], "--checkpointing"),
+    (["--resume_from_checkpoint", "latest"], "no checkpoint"),
+    (["--overwrite", "--resume_from_checkpoint", "latest"], "not allowed with"),
+])
+def test_script_usage_errors_exit_with_code_2(setup, tmp_path, extra, message, capsys):
     from evaluation.train_sparse_adversarial import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(arguments(tmp_path / "no_model", tmp_path / "no_data", tmp_path / "out", *extra))
+        main(arguments(setup[1], tmp_path / "no_data", tmp_path / "out", *extra))
     assert exit_info.value.code == 2
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error" in err and message in err
+
+
+# The script's output directory: never overwritten without --overwrite, checked before the model loads, and
+# checkpoints that appear only when complete.
+
+FINISHED = ("--max_train_steps", "2", "--checkpointing_steps", "1")
+
+
+@pytest.fixture(scope="module")
+def finished(setup):
+    """The output directory of a finished 2-step training with the checkpoint ``step_1`` (copy it to change it)."""
+    from evaluation.train_sparse_adversarial import main
+
+    tmp, model = setup
+    main(arguments(model, tmp / "data", tmp / "finished", *FINISHED))
+    return tmp / "finished"
+
+
+def temporary(directory):
+    """The hidden (temporary) files and directories anywhere under ``directory``."""
+    return sorted(str(p.relative_to(directory)) for p in Path(directory).rglob(".*"))
+
+
+def exit_line(capsys, argv):
+    """The one stderr line of ``main(argv)`` exiting with code 2."""
+    from evaluation.train_sparse_adversarial import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_finished_output_dir_is_kept_without_overwrite_and_overwrite_keeps_other_files(setup, finished,
+                                                                                          tmp_path, capsys):
+    from evaluation.train_sparse_adversarial import main
+
+    tmp, model = setup
+    assert {"step_1", "all_results.json", "trainer_state.json"} <= {p.name for p in finished.iterdir()}
+    assert temporary(finished) == []
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    results = out / "all_results.json"
+    before = results.read_bytes(), results.stat().st_mtime_ns, sorted(p.name for p in out.rglob("*"))
+
+    err = exit_line(capsys, arguments(model, tmp / "data", out, *FINISHED))
+    assert "--overwrite" in err and "--resume_from_checkpoint latest" in err and str(out) in err
+    assert (results.read_bytes(), results.stat().st_mtime_ns, sorted(p.name for p in out.rglob("*"))) == before
+
+    (out / "notes.txt").write_text("keep me")
+    again = main(arguments(model, tmp / "data", out, "--max_train_steps", "1", "--overwrite"))
+    assert again["steps"] == 1 and json.loads(results.read_text())["steps"] == 1
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not (out / "step_1").exists()  # the previous training's checkpoint is removed, not mixed with this one
+    assert [h["step"] for h in json.loads((out / "trainer_state.json").read_text())["history"]] == [1]
+
+
+@pytest.fixture
+def unreadable_weights(setup, tmp_path):
+    """A copy of the tiny model whose weights file is garbage: an error about it means the weights were read."""
+    model = shutil.copytree(setup[1], tmp_path / "unreadable_weights")
+    (model / "model.safetensors").write_bytes(b"garbage")
+    return model
+
+
+@pytest.mark.parametrize("case", ["file", "inside_a_file", "read_only_parent", "no_space"])
+def test_an_unusable_output_dir_is_one_line_before_the_dataset_and_the_weights_load(tmp_path, case, capsys,
+                                                                                    monkeypatch, unreadable_weights):
+    out = tmp_path / "out"
+    if case == "file":
+        out.write_text("not a directory")
+    elif case == "inside_a_file":
+        (tmp_path / "file").write_text("not a directory")
+        out = tmp_path / "file" / "out"
+    elif case == "read_only_parent":
+        parent = tmp_path / "read_only"
+        parent.mkdir(mode=0o500)
+        if os.geteuid() == 0:  # root ignores permissions; nobody may create a directory in /proc
+            parent = Path("/proc")
+        out = parent / "out"
+    else:
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
+    # the dataset does not exist and the weights are garbage: an error about them would mean they were read first
+    err = exit_line(capsys, arguments(unreadable_weights, tmp_path / "no_data", out))
+    assert "output dir" in err and str(out) in err
+    assert ("free" in err) == (case == "no_space")
+
+
+def test_a_bad_model_then_a_bad_dataset_are_reported_before_the_weights_load(tmp_path, capsys, unreadable_weights):
+    err = exit_line(capsys, arguments(tmp_path / "no_model", tmp_path / "no_data", tmp_path / "file"))
+    assert "no_model" in err and "no_data" not in err
+    err = exit_line(capsys, arguments(unreadable_weights, tmp_path / "no_data", tmp_path / "out"))
+    assert "no_data" in err and "unreadable_weights" not in err
+
+
+def test_overwrite_removes_nothing_when_a_check_fails(finished, tmp_path, capsys, unreadable_weights):
+    out = shutil.copytree(finished, tmp_path / "finished")
+    before = sorted(p.name for p in out.rglob("*"))
+    err = exit_line(capsys, arguments(unreadable_weights, tmp_path / "no_data", out, "--overwrite"))
+    assert "no_data" in err and sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_the_output_dir_cannot_be_the_model_directory(setup, tmp_path, capsys):
+    tmp, _ = setup
+    model = shutil.copytree(setup[1], tmp_path / "model")
+    err = exit_line(capsys, arguments(model, tmp / "data", model, "--overwrite"))
+    assert "--model_name_or_path" in err
+    assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
+
+
+def test_resume_ignores_and_replaces_checkpoints_cut_short(setup, finished, tmp_path):
+    from evaluation.train_sparse_adversarial import STATE_DIR, main
+
+    tmp, model = setup
+    out = tmp_path / "killed"
+    shutil.copytree(finished / "step_1", out / "step_1")
+    partial = shutil.copytree(finished / "step_1", out / ".step_2.tmp")  # killed while saving step 2
+    (partial / "half_written.bin").write_bytes(b"\0" * 16)
+    stale = out / "step_2"  # a checkpoint of an earlier run, cut short before its training state
+    stale.mkdir()
+    (stale / "stale.txt").write_text("from an earlier run")
+    results = main(arguments(model, tmp / "data", out, "--max_train_steps", "3", "--checkpointing_steps", "2",
+                             "--resume_from_checkpoint", "latest"))
+    assert results["resumed_from"] == str(out / "step_1") and results["steps"] == 3
+    assert temporary(out) == []
+    assert sorted(p.name for p in (out / "step_2").iterdir()) == sorted(
+        p.name for p in (finished / "step_1").iterdir())  # written anew: nothing of the partial or stale ones
+    assert (out / "step_2" / STATE_DIR).is_dir()
+    assert json.loads((out / "step_2" / "trainer_state.json").read_text())["step"] == 2
+
+
+def test_a_run_killed_during_the_final_save_leaves_no_results(setup, finished, tmp_path, monkeypatch):
+    import evaluation.train_sparse_adversarial as script
+
+    tmp, model = setup
+    out = shutil.copytree(finished, tmp_path / "out")  # a resumed run: the earlier all_results.json must go too
+
+    def killed(history, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "plot_curves", killed)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(arguments(model, tmp / "data", out, "--max_train_steps", "3", "--resume_from_checkpoint",
+                              "latest"))
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 3  # the final save had begun
+    assert not (out / "all_results.json").exists()
+    assert temporary(out) == []
