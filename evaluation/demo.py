@@ -32,7 +32,7 @@ from PIL import Image
 
 from evaluation import eval_classification, eval_detection, eval_segmentation
 from evaluation.embedded import model_path
-from evaluation.records import RESULTS_FILE, OutputDirError, atomic_write, write_json
+from evaluation.records import RESULTS_FILE, OutputDirError, RunDirectory, atomic_write, write_json
 from evaluation.runner import Parser, UsageError, run_script
 from evaluation.shapes import TEST_SEED, classification_batch, shapes_batch
 
@@ -183,6 +183,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         raise OutputDirError(f"output dir {str(root)!r} exists and is not a directory")
     if root.is_dir() and any(root.iterdir()) and not args.overwrite:
         raise OutputDirError(f"output dir {str(root)!r} is not empty; choose another --output_dir or pass --overwrite")
+    RunDirectory(root, {}).probe()  # writable, with free space, before any data is generated
     started = time.time()
     rows = [run_task(demo, args, root) for demo in TASKS]
     for row in rows:

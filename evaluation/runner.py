@@ -530,20 +530,21 @@ def process_units(accelerator: Any, names: list[str], done: set[str], work: Call
     if len(todo) < len(mine):
         logger.info("resuming: %d of %d batches of this process already done", len(mine) - len(todo), len(mine))
     running = Running()
-    progress = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=description,
-                    disable=not accelerator.is_local_main_process)
-    for count, unit in enumerate(todo):
-        if args.stop_after_batches is not None and count >= args.stop_after_batches:
-            progress.close()
-            logger.info("stopped after %d batches (--stop_after_batches); run the same command to continue", count)
-            return mine, True
-        records = work(unit)
-        _log_skipped(records)
-        run.write_unit(names[unit], records)
-        running.add(records)
-        progress.update(1)
-        progress.set_postfix(running.postfix())
-    progress.close()
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=description,
+               disable=not accelerator.is_local_main_process)
+    with bar as progress:  # closed before an error is reported, so that the error is the last line
+        for count, unit in enumerate(todo):
+            if args.stop_after_batches is not None and count >= args.stop_after_batches:
+                progress.close()
+                logger.info("stopped after %d batches (--stop_after_batches); run the same command to continue",
+                            count)
+                return mine, True
+            records = work(unit)
+            _log_skipped(records)
+            run.write_unit(names[unit], records)
+            running.add(records)
+            progress.update(1)
+            progress.set_postfix(running.postfix())
     return mine, False
 
 

@@ -7,11 +7,13 @@ matrix whose diagonal equals the white-box runs.
 """
 
 import contextlib
+import errno
 import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import datasets
@@ -199,6 +201,31 @@ def test_resume_after_sigkill(root, arguments, single):
     killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert sorted(p.name for p in (out / "records").iterdir()) == [".b000001.jsonl.cut.tmp", "b000000.jsonl"]
+    results = run("classification", out, arguments["classification"])
+    assert results["resumed_batches"] == 1 and results["results"] == single["classification"][1]["results"]
+    assert records(out) == records(single["classification"][0])
+
+
+def test_disk_full_mid_run_is_one_line_and_the_rerun_resumes(root, arguments, single, monkeypatch, capsys):
+    """The disk fills while the second batch's records are written: one error line (exit 2) saying that finished
+    samples are kept; once there is space again, the same command resumes and ends with the same results."""
+    out = root / "disk_full"
+    mkstemp = tempfile.mkstemp
+
+    def full_disk(*args, **kwargs):  # atomic_write's temporary file of the second batch
+        if kwargs.get("prefix", "").startswith(".b000001.jsonl"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_disk)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        run("classification", out, arguments["classification"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and "No space left on device" in err[-1] and "run the same command" in err[-1]
+    assert not any("error" in line for line in err[:-1])
+    assert sorted(p.name for p in (out / "records").iterdir()) == ["b000000.jsonl"]
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     results = run("classification", out, arguments["classification"])
     assert results["resumed_batches"] == 1 and results["results"] == single["classification"][1]["results"]
     assert records(out) == records(single["classification"][0])

@@ -257,13 +257,15 @@ def test_transfer_command_line(places, capsys, data):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@settings(max_examples=12, deadline=None, derandomize=True,
+@settings(max_examples=16, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(samples=st.sampled_from(["1", "0", "-4", "1001", "many", ""]),
-       threads=st.sampled_from(["1", "0", "-1", "x"]), occupied=st.booleans(), overwrite=st.booleans())
-def test_demo_command_line(capsys, samples, threads, occupied, overwrite):
+       threads=st.sampled_from(["1", "0", "-1", "x"]), place=st.sampled_from(["fresh", "occupied", "unwritable"]),
+       overwrite=st.booleans())
+def test_demo_command_line(capsys, samples, threads, place, overwrite):
     tmp = Path(tempfile.mkdtemp())
-    out = tmp / "demo"
+    out = Path("/proc/hf-sparse-attack-demo") if place == "unwritable" else tmp / "demo"  # even root cannot write
+    occupied = place == "occupied"
     if occupied:
         out.mkdir()
         (out / "notes.txt").write_text("mine")
