@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CliError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see --help)")
         COMMANDS[command](rest)
         return 0
-    except Exception as err:  # noqa: BLE001 - every failure is one line unless --debug
+    except Exception as err:  # every failure is one line unless --debug
         if debug:
             raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -399,7 +399,7 @@ def load_hf(
         raise
     except (FileNotFoundError, ValueError) as err:
         raise DataError(f"could not load {dataset_name!r} (split {split!r}): {err}") from err
-    except Exception as err:  # noqa: BLE001 - e.g. datasets' IndexError on an empty save_to_disk split
+    except Exception as err:  # e.g. datasets' IndexError on an empty save_to_disk split
         raise DataError(f"could not load {dataset_name!r} (split {split!r}): {type(err).__name__}: {err} (is the "
                         "dataset empty or damaged?)") from err
     return HFDataset(dataset, task, columns, max_eval_samples, description)

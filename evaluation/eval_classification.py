@@ -50,7 +50,7 @@ class ClassificationSpec(TaskSpec):
 
     def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict) -> list[Panel]:
         names = objective.model.config.id2label
-        name = lambda i: str(names.get(i, i))  # noqa: E731
+        name = lambda i: str(names.get(i, i))
         return [
             Panel(clean, f"clean: {name(record['clean_prediction'])}\n(label {name(record['label'])})"),
             Panel(adversarial, f"adversarial: {name(record['adversarial_prediction'])}"),

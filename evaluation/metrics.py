@@ -172,7 +172,7 @@ def coco_map(image_ids: Sequence[int], ground_truth: Tensor, detections: Tensor)
     from pycocotools.cocoeval import COCOeval
 
     images = sorted({int(i) for i in image_ids})
-    order = lambda rows: rows[torch.argsort(rows[:, 0], stable=True)]  # noqa: E731 - rows in image id order
+    order = lambda rows: rows[torch.argsort(rows[:, 0], stable=True)]  # rows in image id order
     ground_truth, detections = order(ground_truth.reshape(-1, _GT_COLUMNS)), order(detections.reshape(-1, _DT_COLUMNS))
     if len(ground_truth) == 0:
         return {"map": math.nan, "map50": math.nan, "map75": math.nan}

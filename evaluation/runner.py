@@ -52,7 +52,7 @@ from hf_sparse_attack import SparseAutoAttack, SparsePGD, SparseRS, kernels
 from hf_sparse_attack.config import to_dict
 from hf_sparse_attack.saa import PRESETS
 
-from .data import BBOX_FORMATS, BadSample, Columns, CocoDataset, DataError, EvalDataset, Sample, load_hf
+from .data import BBOX_FORMATS, BadSample, CocoDataset, Columns, DataError, EvalDataset, Sample, load_hf
 from .pictures import Panel, save_curve, save_grid
 from .records import RECORDS_FILE, OutputDirError, RunDirectory, load_png, save_png
 

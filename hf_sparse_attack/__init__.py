@@ -11,16 +11,16 @@ from .structure import Structure
 from .training import SparseAdversarialTraining
 
 __all__ = [
+    "CLASSIFICATION_LOSSES",
     "AttackResult",
     "AuditError",
-    "CLASSIFICATION_LOSSES",
     "CascadeResult",
     "ClassifierObjective",
     "NonFiniteModelError",
     "Objective",
-    "SparsePGD",
     "SparseAdversarialTraining",
     "SparseAutoAttack",
+    "SparsePGD",
     "SparseRS",
     "Structure",
     "as_objective",

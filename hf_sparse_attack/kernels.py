@@ -18,7 +18,8 @@ tensor([[0., 1., 0.],
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

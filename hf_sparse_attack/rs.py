@@ -21,8 +21,9 @@ All samples of a batch advance together in tensor operations. Their random draws
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

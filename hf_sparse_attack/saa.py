@@ -16,8 +16,9 @@ number reproducible from its name; ``version="custom"`` runs an explicit list of
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor

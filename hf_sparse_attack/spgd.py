@@ -18,8 +18,9 @@ random ``m_tilde``; each sample keeps its best iterate and leaves the batch as s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from tiny_models import photo_crops, tiny_detr, tiny_segformer
 
 from evaluation.digits import digits_split, train_digits_cnn

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from attack_checks import assert_valid_result
+
 from evaluation.digits import digits_split
 from hf_sparse_attack import SparsePGD
 

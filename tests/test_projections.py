@@ -1,10 +1,10 @@
 """Property tests of the projections used by the attacks (hypothesis)."""
 
 import torch
+from attack_checks import assert_valid_result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attack_checks import assert_valid_result
 from hf_sparse_attack import SparsePGD, Structure, kernels
 from hf_sparse_attack.spgd import quantize_8bit, topk_mask
 

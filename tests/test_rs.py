@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from analytic import LinearTwoClass, assert_no_cheaper_attack, best_placements_gain, make_model, needing_exactly
 from attack_checks import assert_valid_result
 

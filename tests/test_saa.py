@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
-
 from analytic import make_model, needing_exactly
 from attack_checks import assert_valid_result
+
 from hf_sparse_attack import SparsePGD, kernels
 from hf_sparse_attack.config import to_dict
 from hf_sparse_attack.rs import SparseRS

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-
 from analytic import assert_no_cheaper_attack, best_placements_gain, make_model, needing_exactly
 from attack_checks import assert_valid_result
+
 from hf_sparse_attack import AuditError, SparsePGD, audit, kernels
 from hf_sparse_attack.result import AttackResult
 
