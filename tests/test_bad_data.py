@@ -60,8 +60,11 @@ def records(out):
     return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
 
 
-def skipped(results):
-    return {entry["id"]: entry["reason"] for entry in results["skipped_samples"]}
+def evaluated_with_skips(task, data, out, capsys, *flags):
+    """A run that must succeed: ``(all_results.json, {skipped sample id: reason})``."""
+    code, err, results = evaluate(task, data, out, capsys, *flags)
+    assert code == 0, err
+    return results, {entry["id"]: entry["reason"] for entry in results["skipped_samples"]}
 
 
 def assert_scored_within_budget(out, results, evaluated):
@@ -124,9 +127,7 @@ def test_classification_bad_samples_are_skipped_and_reported(tmp_path, capsys):
         "label": [int(good[0].labels[0]), int(good[1].labels[0]), 0, 3, -1, int(good[3].labels[0])],
     }
     data = save(tmp_path / "data", columns, {"image": IMAGE, "label": INT})
-    code, _, results = evaluate("classification", data, tmp_path / "out", capsys)
-    assert code == 0
-    reasons = skipped(results)
+    results, reasons = evaluated_with_skips("classification", data, tmp_path / "out", capsys)
     assert sorted(reasons) == [2, 3, 4]
     assert reasons[2] == "row 2 could not be read: OSError: Truncated File Read"
     assert reasons[3] == "labels must be class ids in [0, 3), got [3]"
@@ -150,9 +151,7 @@ def test_segmentation_bad_label_maps_are_skipped_and_reported(tmp_path, capsys):
                   Image.fromarray(scenes[0].image)],  # an RGB image is not a label map
     }
     data = save(tmp_path / "data", columns, {"image": IMAGE, "label": IMAGE})
-    code, _, results = evaluate("segmentation", data, tmp_path / "out", capsys)
-    assert code == 0
-    reasons = skipped(results)
+    results, reasons = evaluated_with_skips("segmentation", data, tmp_path / "out", capsys)
     assert sorted(reasons) == [1, 3, 4]
     assert reasons[1] == "the label map holds [9], neither class ids in [0, 4) nor 255"
     assert "has size (32, 64) but its image has size (64, 64)" in reasons[3]
@@ -176,9 +175,7 @@ def test_detection_boxes_are_clipped_or_dropped_and_bad_samples_skipped(tmp_path
     columns = {"image": [s.image for s in scenes], "objects": [{"bbox": b, "category": c} for b, c in rows]}
     data = save(tmp_path / "data", columns, {"image": IMAGE, "objects": OBJECTS})
     out = tmp_path / "out"
-    code, err, results = evaluate("detection", data, out, capsys, "--loss", "vanish")
-    assert code == 0, err
-    reasons = skipped(results)
+    results, reasons = evaluated_with_skips("detection", data, out, capsys, "--loss", "vanish")
     assert sorted(reasons) == [4, 5, 6]
     assert "negative width or height" in reasons[4]
     assert "NaN" in reasons[5]
@@ -220,10 +217,9 @@ def test_coco_bad_files_and_annotations_are_skipped_and_reported(tmp_path, capsy
     }
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     out = tmp_path / "out"
-    code, err, results = evaluate("detection", None, out, capsys, "--coco_annotation_file", tmp_path / "coco.json",
-                                  "--coco_image_dir", images, "--category_mapping", "name")
-    assert code == 0, err
-    reasons = skipped(results)
+    results, reasons = evaluated_with_skips("detection", None, out, capsys, "--coco_annotation_file",
+                                            tmp_path / "coco.json", "--coco_image_dir", images,
+                                            "--category_mapping", "name")
     assert sorted(reasons) == [3, 4, 5, 6]
     assert reasons[3] == "annotations use category ids [9] missing from the categories list"
     assert "corrupt.png" in reasons[4] and "could not be read" in reasons[4]
@@ -231,7 +227,8 @@ def test_coco_bad_files_and_annotations_are_skipped_and_reported(tmp_path, capsy
     assert reasons[6] == "image '0.png' is 64x64 but the annotation file says 48x64"
     assert [entry["id"] for entry in results["annotation_changes"]] == [2]
     assert_scored_within_budget(out, results, [1, 2])
-    assert {r["id"]: r["ground_truth"]["boxes"] for r in records(out) if "skipped" not in r}[2] == [[40.0, 40.0, 24.0, 24.0]]
+    truth = {r["id"]: r["ground_truth"]["boxes"] for r in records(out) if "skipped" not in r}
+    assert truth[2] == [[40.0, 40.0, 24.0, 24.0]]
 
 
 @pytest.mark.parametrize("bbox_format", ["xywh", "xyxy"])
@@ -242,8 +239,7 @@ def test_clipping_is_in_the_dataset_frame(tmp_path, capsys, bbox_format):
                                                                                        "category": [0]}]},
                 {"image": IMAGE, "objects": OBJECTS})
     out = tmp_path / "out"
-    code, err, results = evaluate("detection", data, out, capsys, "--bbox_format", bbox_format)
-    assert code == 0, err
+    results, _ = evaluated_with_skips("detection", data, out, capsys, "--bbox_format", bbox_format)
     assert records(out)[0]["ground_truth"]["boxes"] == [[60.0, 60.0, 4.0, 4.0]]
     assert Path(out / "all_results.json").exists() and results["samples"]["annotation_changed"] == 1
     assert np.isclose(records(out)[0]["ground_truth"]["area"][0], 16.0)

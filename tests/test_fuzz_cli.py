@@ -203,11 +203,13 @@ def output_dir(data, tmp):
     return out, kind
 
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def fuzzing(examples):
+    """Hypothesis settings of these tests: ``examples`` command lines, the same ones in every run."""
+    return settings(max_examples=examples, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-@FUZZ
+@fuzzing(40)
 @given(data=st.data())
 def test_eval_command_line(places, capsys, data):
     flags = eval_flags(places)
@@ -231,8 +233,7 @@ def test_eval_command_line(places, capsys, data):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@settings(max_examples=20, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzzing(20)
 @given(data=st.data())
 def test_transfer_command_line(places, capsys, data):
     flags = eval_flags(places)
@@ -257,8 +258,7 @@ def test_transfer_command_line(places, capsys, data):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@settings(max_examples=16, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzzing(16)
 @given(samples=st.sampled_from(["1", "0", "-4", "1001", "many", ""]),
        threads=st.sampled_from(["1", "0", "-1", "x"]), place=st.sampled_from(["fresh", "occupied", "unwritable"]),
        overwrite=st.booleans())
@@ -284,8 +284,7 @@ def test_demo_command_line(capsys, samples, threads, place, overwrite):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzzing(25)
 @given(data=st.data())
 def test_train_command_line(places, capsys, data):
     flags = {
