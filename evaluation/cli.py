@@ -14,6 +14,8 @@ Run ``hf-sparse-attack COMMAND --help`` for a command's flags. Errors are one li
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,8 +46,39 @@ def attack_parser() -> Parser:
     parser.add_argument("--output_dir", required=True, help="where the PNGs and summary.json are written")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the repository")
     parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir, replacing "
+                        "an earlier attack's outputs there (other files stay)")
     add_attack_arguments(parser.add_argument_group("attack"))  # shared with the evaluation scripts
     return parser
+
+
+def previous_outputs(out: Path, files: list[Path]) -> list[Path]:
+    """What an earlier ``attack`` wrote in ``out`` and this one would mix with: its ``summary.json``, the folders
+    of the images it lists, and the folders of ``files``."""
+    names = {file.name for file in files}
+    try:
+        names |= {Path(entry["file"]).name for entry in json.loads((out / SUMMARY).read_text())["images"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no summary, or an unreadable one: only the folders of this run's files
+    return [out / SUMMARY, *(out / name for name in sorted(names) if (out / name).is_dir())]
+
+
+def open_output_dir(out: Path, files: list[Path], overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite``; then remove an earlier attack's outputs; probe writing."""
+    from evaluation.records import OutputDirError, RunDirectory
+
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"output dir {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputDirError(f"output dir {str(out)!r} is not empty; choose another --output_dir or pass "
+                                 "--overwrite (it replaces an earlier attack's outputs, nothing else)")
+        for path in previous_outputs(out, files):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    RunDirectory(out, {}).probe()
 
 
 def image_files(inputs: str) -> list[Path]:
@@ -80,7 +113,7 @@ def run_attack(args: argparse.Namespace) -> dict:
 
     import tasks
     from evaluation.pictures import perturbed_pixels
-    from evaluation.records import RunDirectory, save_png, write_json
+    from evaluation.records import save_png, write_json
     from evaluation.runner import attack_configs, attack_fields
     from hf_sparse_attack.config import to_dict
 
@@ -88,10 +121,11 @@ def run_attack(args: argparse.Namespace) -> dict:
         raise UsageError(f"--num_threads must be a positive integer, got {args.num_threads}")
     attacks = attack_configs(args)
     files = image_files(args.inputs)
-    RunDirectory(args.output_dir, {}).probe()
+    tasks.check_model(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    out = Path(args.output_dir)
+    open_output_dir(out, files, args.overwrite)
     torch.set_num_threads(args.num_threads)
     objective = tasks.load_task(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    out = Path(args.output_dir)
     images = []
     for i, file in enumerate(files):
         try:

@@ -125,6 +125,26 @@ def test_attack_file_and_folder(images, tmp_path):
         assert entry["attacks"][0]["l0"] <= 4
 
 
+def test_attack_output_dir_is_replaced_only_with_overwrite(images, tmp_path, capsys):
+    flags = ["--model_name_or_path", str(model_path("classifier")), "--steps", "5", "--output_dir",
+             str(tmp_path / "out")]
+    assert cli.main(["attack", str(images), *flags, "--k", "4"]) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["attack", str(images / "shape0.png"), *flags, "--k", "2"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "--overwrite" in err
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert cli.main(["attack", str(images / "shape0.png"), *flags, "--k", "2", "--overwrite"]) == 0
+    # the earlier attack's outputs are gone (no stale k=4 image, no folder of the other image), the notes stay
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt", "shape0.png", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "out" / "shape0.png").iterdir()) == [
+        "adversarial_k2.png", "clean.png", "perturbation_k2.png"]
+    check_budget(tmp_path / "out", "shape0.png", 2)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["bogus"], "unknown command 'bogus'"),
     (["attack", "IMAGES", "--model_name_or_path", "./no/such/model", "--output_dir", "OUT"], "does not exist"),
