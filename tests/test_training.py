@@ -180,6 +180,41 @@ def test_script_trains_checkpoints_and_resumes_to_the_same_weights(setup):
     assert json.loads((resumed / "trainer_state.json").read_text())["history"] == history
 
 
+KILLER = """
+import os, signal, sys
+from evaluation import train_sparse_adversarial
+
+replace = os.replace
+def dying_replace(source, target):  # SIGKILL this process as the complete step_4 checkpoint is renamed into place
+    if os.path.basename(source) == ".step_4.tmp":
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(source, target)
+train_sparse_adversarial.os.replace = dying_replace
+train_sparse_adversarial.main(sys.argv[1:])
+"""
+
+
+def test_a_training_killed_by_sigkill_resumes_to_the_weights_of_an_uninterrupted_one(setup, tmp_path):
+    from evaluation.train_sparse_adversarial import main
+
+    tmp, model = setup
+    flags = ["--max_train_steps", "5", "--checkpointing_steps", "2"]
+    (tmp_path / "killer.py").write_text(KILLER)
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), *map(str, arguments(
+        model, tmp / "data", out, *flags))], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [".step_4.tmp", "step_2"]  # no results, no step_4
+    resumed = main(arguments(model, tmp / "data", out, *flags, "--resume_from_checkpoint", "latest"))
+    assert resumed["resumed_from"] == str(out / "step_2") and resumed["steps"] == 5
+    main(arguments(model, tmp / "data", tmp_path / "uninterrupted", *flags))
+    expected, got = weights(tmp_path / "uninterrupted"), weights(out)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[name], got[name]) for name in expected)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # the cut checkpoint is replaced
+
+
 def test_two_process_accelerate_launch_on_cpu_completes_and_the_model_loads(setup):
     import tasks
 
