@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,7 +64,7 @@ def previous_outputs(out: Path, files: list[Path]) -> list[Path]:
 
 def open_output_dir(out: Path, files: list[Path], overwrite: bool) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite``; then remove an earlier attack's outputs; probe writing."""
-    from evaluation.records import OutputDirError, RunDirectory
+    from evaluation.records import OutputDirError, RunDirectory, remove
 
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output dir {str(out)!r} exists and is not a directory")
@@ -74,10 +73,7 @@ def open_output_dir(out: Path, files: list[Path], overwrite: bool) -> None:
             raise OutputDirError(f"output dir {str(out)!r} is not empty; choose another --output_dir or pass "
                                  "--overwrite (it replaces an earlier attack's outputs, nothing else)")
         for path in previous_outputs(out, files):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            remove(path)
     RunDirectory(out, {}).probe()
 
 

@@ -218,13 +218,15 @@ def fit_boxes(annotation: dict, size: tuple[int, int]) -> tuple[dict, list[str]]
 def _check_label_feature(dataset: Any, task: str, column: str) -> None:
     """A label column whose declared type cannot hold the task's labels is a :class:`DataError` (not every sample
     skipped): class ids are integers, label maps are images."""
+    import datasets
+
     feature = (getattr(dataset, "features", None) or {}).get(column)
-    if task == "detection" or feature is None or type(feature).__name__ not in ("Value", "ClassLabel", "Image"):
+    if task == "detection" or not isinstance(feature, (datasets.Value, datasets.ClassLabel, datasets.Image)):
         return
-    dtype = str(getattr(feature, "dtype", ""))
+    dtype = str(feature.dtype)
     if dtype == "null":  # no values to tell the type from (an empty column)
         return
-    usable = type(feature).__name__ == "Image" if task == "segmentation" else "int" in dtype
+    usable = isinstance(feature, datasets.Image) if task == "segmentation" else "int" in dtype
     if not usable:
         needed = "label-map images" if task == "segmentation" else "integer class ids"
         raise DataError(f"column {column!r} holds {type(feature).__name__}({dtype}) values, but {task} needs "

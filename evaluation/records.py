@@ -100,6 +100,14 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
                              "command again to resume") from err
 
 
+def remove(path: Path) -> None:
+    """Remove the file or directory ``path`` if it exists (a link to a directory: the link only)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_json(path: str | os.PathLike, value: Any) -> None:
     """Atomically write ``value`` (see :func:`to_json`) as indented strict JSON."""
     atomic_write(path, json.dumps(to_json(value), indent=2, allow_nan=False) + "\n")
@@ -188,11 +196,7 @@ class RunDirectory:
         """Main process only: remove a previous run's outputs unless resuming (see :meth:`check`), record settings."""
         if not resume:
             for name in OUTPUTS:
-                target = self.path / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+                remove(self.path / name)
         write_json(self.path / RUN_FILE, {"settings": self.settings})
 
     def finished(self) -> set[str]:

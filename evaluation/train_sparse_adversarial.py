@@ -43,7 +43,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ from transformers import SchedulerType, get_scheduler
 
 import tasks
 from evaluation.data import Columns, DataError, EvalDataset, load_hf
-from evaluation.records import RESULTS_FILE, OutputDirError, RunDirectory, atomic_write, write_json
+from evaluation.records import RESULTS_FILE, OutputDirError, RunDirectory, atomic_write, remove, write_json
 from evaluation.runner import Parser, UsageError, load_samples, prepare, run_script, setup, start_logging
 from hf_sparse_attack.rng import sample_seed
 from hf_sparse_attack.training import GRADIENTS, TRAINING_LOSSES, SparseAdversarialTraining
@@ -193,14 +192,6 @@ def previous_outputs(output_dir: Path) -> list[Path]:
     ['.step_4.tmp', 'all_results.json', 'step_2']
     """
     return sorted(p for p in output_dir.iterdir() if p.name in OUTPUTS or OUTPUT_PATTERN.fullmatch(p.name))
-
-
-def remove(path: Path) -> None:
-    """Remove the file or directory ``path`` if it exists."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def open_output_dir(accelerator: Any, args: argparse.Namespace) -> list[Path]:

@@ -192,14 +192,14 @@ def assert_evaluation_outputs(out, argv):
 
 
 def output_dir(data, tmp):
-    """A fresh directory, a file, or a directory holding a finished run with other settings."""
-    kind = data.draw(st.sampled_from(["fresh", "fresh", "file", "finished"]), label="output_dir")
+    """A fresh directory, a file, or a directory holding another run (other settings)."""
+    kind = data.draw(st.sampled_from(["fresh", "fresh", "file", "other_run"]), label="output_dir")
     out = tmp / "run"
     if kind == "file":
         out.write_text("a file")
-    elif kind == "finished":
+    elif kind == "other_run":
         out.mkdir()
-        (out / "run.json").write_text(json.dumps({"settings": {"k": [99]}, "finished": True}))
+        (out / "run.json").write_text(json.dumps({"settings": {"k": [99]}}))
     return out, kind
 
 
@@ -227,7 +227,7 @@ def test_eval_command_line(places, capsys, data):
             assert_evaluation_outputs(out, argv)
         else:
             assert_clean_failure(argv, code, err)
-            if kind == "finished" and "--overwrite" not in chosen:
+            if kind == "other_run" and "--overwrite" not in chosen:
                 assert not (out / "records").exists(), argv
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

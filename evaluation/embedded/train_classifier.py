@@ -16,13 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.embedded.common import (
-    base_parser,
-    held_out,
-    images_to_tensor,
-    setup,
-    train,
-)
+from evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
 from evaluation.shapes import CLASSES, TRAIN_SEED, classification_sample
 
 IMAGE_SIZE = 64

@@ -24,13 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from evaluation.embedded.common import (
-    base_parser,
-    held_out,
-    images_to_tensor,
-    setup,
-    train,
-)
+from evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
 from evaluation.shapes import CLASSES, TRAIN_SEED, shapes_sample
 
 IMAGE_SIZE = 64

@@ -14,13 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.embedded.common import (
-    base_parser,
-    held_out,
-    images_to_tensor,
-    setup,
-    train,
-)
+from evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
 from evaluation.shapes import SEGMENTATION_CLASSES, TRAIN_SEED, shapes_sample
 
 IMAGE_SIZE = 64
