@@ -19,10 +19,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from evaluation.runner import Parser, UsageError, add_attack_arguments
+from evaluation.runner import Parser, UsageError, add_attack_arguments, loss_help
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SUMMARY = "summary.json"
+#: The ``attack`` flags that set options of the model's task (``tasks.load_task`` keywords of the same names).
+TASK_FLAGS = ("loss", "score_threshold", "iou_threshold", "target_threshold", "adv_threshold")
 
 
 class CliError(UsageError):
@@ -37,7 +39,10 @@ def attack_parser() -> Parser:
                     "model's clean prediction (class, detections or label map): the attack tries to change it.\n\n"
                     "Writes into --output_dir, per image file NAME: NAME/clean.png (the pixels the model sees, at its "
                     "resolution), NAME/adversarial_kK.png (lossless) and NAME/perturbation_kK.png (perturbed pixels "
-                    "in white), and summary.json (per image and k: success, L0, iterations, loss, predictions).\n\n"
+                    "in white), and summary.json (per image and k: success, L0, iterations, loss, predictions, and "
+                    "what changed in the task's terms: the class; each object's score before and after; the "
+                    "fraction of pixels whose class changed). An image where the detector finds nothing to remove "
+                    "is reported as such and not attacked.\n\n"
                     "example:\n  hf-sparse-attack attack photo.jpg --model_name_or_path microsoft/resnet-50 "
                     "--k 20 --output_dir adv")
     parser.add_argument("inputs", help="an image file or a folder of images (png, jpg, bmp, webp, tif)")
@@ -48,7 +53,34 @@ def attack_parser() -> Parser:
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir, replacing "
                         "an earlier attack's outputs there (other files stay)")
     add_attack_arguments(parser.add_argument_group("attack"))  # shared with the evaluation scripts
+    add_task_arguments(parser.add_argument_group("task options (each applies to the tasks it names only; "
+                                                 "default: the task's own)"))
     return parser
+
+
+def add_task_arguments(group: argparse._ArgumentGroup) -> None:
+    """The :data:`TASK_FLAGS`, default ``None`` (unset: the task's default applies), helped with each task's
+    choices and defaults."""
+    from tasks.detection import DetectionOptions
+    from tasks.segmentation import SegmentationOptions
+
+    detection = DetectionOptions()
+    group.add_argument("--loss", help=f"the attack loss of the model's task; {loss_help()}")
+    group.add_argument("--score_threshold", type=float, help="detection: a target still counts as detected by a "
+                       "detection of its label with IoU >= --iou_threshold and a score from this one (default "
+                       f"{detection.score_threshold}, the lowest score mAP counts)")
+    group.add_argument("--iou_threshold", type=float, help="detection: the IoU from which a detection finds a "
+                       f"target (default {detection.iou_threshold})")
+    group.add_argument("--target_threshold", type=float, help="detection: the clean detections from this score "
+                       "are the objects to remove, and the ones reported and listed in the predictions (default "
+                       f"{detection.target_threshold})")
+    group.add_argument("--adv_threshold", type=float, help="segmentation: the fraction of labelled pixels whose "
+                       f"class must change for success (default {SegmentationOptions().adv_threshold})")
+
+
+def task_options(args: argparse.Namespace) -> dict:
+    """The task options the user set (the :data:`TASK_FLAGS` not ``None``), for ``tasks.load_task``."""
+    return {name: getattr(args, name) for name in TASK_FLAGS if getattr(args, name) is not None}
 
 
 def previous_outputs(out: Path, files: list[Path]) -> list[Path]:
@@ -90,20 +122,68 @@ def image_files(inputs: str) -> list[Path]:
     return files
 
 
+def label_name(objective, label: int) -> str:
+    """The name of class ``label`` (the config's ``id2label``; the number when it has none)."""
+    return objective.model.config.id2label.get(label, str(label))
+
+
 def prediction(objective, x, targets) -> object:
-    """A JSON summary of the model's prediction on ``x`` (one image): the class, the detections or the classes."""
+    """A JSON summary of the model's prediction on ``x`` (one image): the class, the detections from
+    ``target_threshold``, or the classes present."""
     if objective.task == "classification":
         label = int(objective.predict(x)[0])
-        return {"class": label, "name": objective.model.config.id2label.get(label, str(label))}
+        return {"class": label, "name": label_name(objective, label)}
     if objective.task == "detection":
-        (found,) = objective.predict(x, [t["size"] for t in targets])
+        threshold = objective.options.target_threshold
+        (found,) = objective.predict(x, [t["size"] for t in targets], score_threshold=threshold)
         return {"boxes": found["boxes"].tolist(), "labels": found["labels"].tolist(),
                 "scores": found["scores"].tolist()}
-    return {"classes_present": objective.predict(x)[0].unique().tolist()}
+    present = objective.predict(x)[0].unique().tolist()
+    return {"classes_present": present, "names": [label_name(objective, c) for c in present]}
+
+
+def nothing_to_attack(objective, targets) -> str | None:
+    """Why the image has nothing to attack (the detector finds no object to remove), else ``None``."""
+    if objective.task == "detection" and len(targets[0]["labels"]) == 0:
+        return (f"the detector finds no object scoring >= {objective.options.target_threshold} on the clean image "
+                "(--target_threshold)")
+    return None
+
+
+def detection_objects(objective, x, adversarial, targets) -> list[dict]:
+    """Per target (a clean detection): label, name, box (pixel xyxy in clean.png), and the highest score of a
+    detection that still finds it (``objective.found``: its label, IoU >= ``iou_threshold``, score >=
+    ``score_threshold``; 0 for none) on the clean and the adversarial image; ``removed`` when none finds it any more."""
+    clean, attacked = (objective.found(v, targets)[0].tolist() for v in (x, adversarial))
+    return [{"label": label, "name": label_name(objective, label), "box": box, "clean_score": before,
+             "adversarial_score": after, "removed": after == 0}
+            for label, box, before, after in zip(targets[0]["labels"].tolist(), targets[0]["boxes"].tolist(),
+                                                 clean, attacked)]
+
+
+def change(objective, x, result, targets, clean: dict, adversarial: dict) -> dict:
+    """What the attack changed in the task's terms (fields of the attack's summary entry); ``report`` says it in
+    words, as the console line does. ``clean`` and ``adversarial`` are the :func:`prediction` of either image."""
+    fooled = "fooled" if bool(result.success[0]) else "not fooled"
+    if objective.task == "classification":
+        return {"report": f"{fooled}: {clean['name']} -> {adversarial['name']}"}
+    if objective.task == "detection":
+        objects = detection_objects(objective, x, result.adversarial, targets)
+        removed = sum(o["removed"] for o in objects)
+        scores = ", ".join(f"{o['name']} {o['clean_score']:.2f} -> {o['adversarial_score']:.2f}" for o in objects)
+        return {"objects": objects, "objects_removed": removed,
+                "report": f"{removed} of {len(objects)} objects removed ({scores})"}
+    labelled = targets[0] != objective.options.ignore_index
+    moved = (objective.predict(x)[0] != objective.predict(result.adversarial)[0]) & labelled
+    fraction = moved.sum().item() / max(labelled.sum().item(), 1)
+    return {"pixels_changed_class": fraction, "report": f"{fooled}: {fraction:.1%} of labelled pixels changed "
+            f"class (classes {', '.join(clean['names'])} -> {', '.join(adversarial['names'])})"}
 
 
 def run_attack(args: argparse.Namespace) -> dict:
     """Attack every image of ``args.inputs`` with each config; write the PNGs and the summary; return it."""
+    import dataclasses
+
     import torch
     from PIL import Image
 
@@ -117,11 +197,12 @@ def run_attack(args: argparse.Namespace) -> dict:
         raise UsageError(f"--num_threads must be a positive integer, got {args.num_threads}")
     attacks = attack_configs(args)
     files = image_files(args.inputs)
-    tasks.check_model(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    options = task_options(args)  # an option the model's task does not take is a TaskLoadError naming both
+    tasks.check_model(args.model_name_or_path, trust_remote_code=args.trust_remote_code, **options)
     out = Path(args.output_dir)
     open_output_dir(out, files, args.overwrite)
     torch.set_num_threads(args.num_threads)
-    objective = tasks.load_task(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    objective = tasks.load_task(args.model_name_or_path, trust_remote_code=args.trust_remote_code, **options)
     images = []
     for i, file in enumerate(files):
         try:
@@ -131,23 +212,29 @@ def run_attack(args: argparse.Namespace) -> dict:
             raise CliError(f"cannot attack {str(file)!r}: {err}") from err
         name = file.name
         save_png(out / name / "clean.png", x[0])
-        entry = {"file": str(file), "clean_prediction": prediction(objective, x, targets), "attacks": []}
+        clean = prediction(objective, x, targets)
+        entry = {"file": str(file), "clean_prediction": clean, "attacks": []}
+        images.append(entry)
+        if reason := nothing_to_attack(objective, targets):
+            entry["nothing_to_attack"] = reason
+            print(f"{file}: nothing to attack, {reason}")
+            continue
         for attack in attacks:
             result = attack(objective, x, targets, ids=[i])
             save_png(out / name / f"adversarial_k{attack.k}.png", result.adversarial[0])
             mask = perturbed_pixels(x[0], result.adversarial[0]).to(torch.uint8).mul(255).cpu().numpy()
             save_png(out / name / f"perturbation_k{attack.k}.png", mask)
+            adversarial = prediction(objective, result.adversarial, targets)
             entry["attacks"].append({
-                "k": attack.k, **attack_fields(result, 0),
-                "adversarial_prediction": prediction(objective, result.adversarial, targets),
+                "k": attack.k, **attack_fields(result, 0), "adversarial_prediction": adversarial,
+                **change(objective, x, result, targets, clean, adversarial),
                 "adversarial": f"{name}/adversarial_k{attack.k}.png",
                 "perturbation": f"{name}/perturbation_k{attack.k}.png",
             })
-        images.append(entry)
-        print(f"{file}: " + ", ".join(f"k={a['k']} {'fooled' if a['success'] else 'not fooled'} (L0 {a['l0']})"
-                                      for a in entry["attacks"]))
+        print(f"{file}: " + "; ".join(f"k={a['k']}, L0 {a['l0']}: {a['report']}" for a in entry["attacks"]))
     summary = {"model_name_or_path": args.model_name_or_path, "task": objective.task,
-               "attacks": [to_dict(a) for a in attacks], "images": images}
+               "task_options": dataclasses.asdict(objective.options), "attacks": [to_dict(a) for a in attacks],
+               "images": images}
     write_json(out / SUMMARY, summary)
     return summary
 

@@ -61,7 +61,7 @@ TASKS = (
              clean_key="clean_accuracy", adversarial_key="robust_accuracy"),
     DemoTask("detection", "detector", eval_detection, k=40, steps=30, metric="mAP@50",
              clean_key="map50_clean", adversarial_key="map50_adversarial",
-             flags=("--loss", "vanish", "--bbox_format", "xyxy")),
+             flags=("--bbox_format", "xyxy")),
     DemoTask("segmentation", "segmenter", eval_segmentation, k=40, steps=30, metric="mIoU",
              clean_key="miou_clean", adversarial_key="miou_adversarial"),
 )

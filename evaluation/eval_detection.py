@@ -3,13 +3,14 @@ images and the drop, per budget k (pycocotools COCOeval: exactly COCO's numbers)
 
     python evaluation/eval_detection.py --model_name_or_path facebook/detr-resnet-50 \\
         --coco_annotation_file annotations/instances_val2017.json --coco_image_dir val2017 \\
-        --max_eval_samples 200 --attack spgd --k 50 --steps 100 --loss vanish --output_dir runs/detr
+        --max_eval_samples 200 --attack spgd --k 50 --steps 100 --output_dir runs/detr
     accelerate launch evaluation/eval_detection.py ...same flags...
     python evaluation/eval_detection.py --model_name_or_path ./my-detr --dataset_name ./cppe5 \\
         --dataset_split test --objects_column_name objects --bbox_key bbox --category_key category ...
 
-The attack aims to make every ground-truth object undetected (``--score_threshold``, ``--iou_threshold``); crowd
-boxes are kept for mAP only. mAP uses every detection (score threshold 0, at most 100 per image) in the original
+The attack aims to make every ground-truth object undetected: no detection of its label at IoU >=
+``--iou_threshold`` with a score from ``--score_threshold`` (default 0.001, the floor of what mAP counts, so a sample
+stops early only when mAP can no longer see its objects); crowd boxes are kept for mAP only. mAP uses every detection (score threshold 0, at most 100 per image) in the original
 image's pixels. Records: ``id``, ``k``, ``success``, ``l0``, ``iterations``, ``loss``, ``ground_truth``,
 ``clean_prediction``, ``adversarial_prediction`` (boxes COCO xywh, ``scores``, ``labels``).
 """
@@ -28,6 +29,7 @@ from torch import Tensor
 from evaluation.metrics import DetectionRobustness
 from evaluation.pictures import Panel, perturbed_pixels
 from evaluation.runner import TaskSpec, build_parser, evaluate, run_script
+from tasks.detection import METRIC_FLOOR
 
 
 def xyxy_to_xywh(boxes: Tensor) -> Tensor:
@@ -48,13 +50,17 @@ class DetectionSpec(TaskSpec):
     transfer_key = "map_drop"
 
     def add_arguments(self, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--score_threshold", type=float, default=0.5,
-                           help="a detection counts (for the attack's success) from this score")
+        group.add_argument("--score_threshold", type=float, default=METRIC_FLOOR,
+                           help="a detection counts (for the attack's success and score) from this score; default: "
+                           "what mAP counts (raise it if you report detections at a threshold)")
         group.add_argument("--iou_threshold", type=float, default=0.5,
                            help="a ground-truth object is still detected by a detection of its label at this IoU")
+        group.add_argument("--target_threshold", type=float, default=0.5,
+                           help="detections drawn in the pictures from this score")
 
     def options(self, args: argparse.Namespace) -> dict:
-        return {"score_threshold": args.score_threshold, "iou_threshold": args.iou_threshold}
+        return {"score_threshold": args.score_threshold, "iou_threshold": args.iou_threshold,
+                "target_threshold": args.target_threshold}
 
     def annotation(self, objective: Any, sample: Any) -> dict:
         truth = sample.annotation
@@ -89,11 +95,11 @@ class DetectionSpec(TaskSpec):
     def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict) -> list[Panel]:
         names = objective.model.config.id2label
         shown = []
+        threshold = objective.options.target_threshold
         for image in (clean, adversarial):
-            (found,) = objective.predict(image[None].to(objective.device))
+            (found,) = objective.predict(image[None].to(objective.device), score_threshold=threshold)
             shown.append([(box.tolist(), f"{names.get(int(label), int(label))} {score:.2f}")
                           for box, label, score in zip(found["boxes"], found["labels"], found["scores"])])
-        threshold = objective.options.score_threshold
         return [
             Panel(clean, f"clean: {len(shown[0])} detections\n(score >= {threshold})", boxes=shown[0]),
             Panel(adversarial, f"adversarial: {len(shown[1])}\n(attack {'won' if record['success'] else 'failed'})",

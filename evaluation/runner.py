@@ -185,8 +185,7 @@ def build_parser(spec: TaskSpec | None, description: str = "", transfer: bool = 
     else:
         model.add_argument("--model_name_or_path", required=True, help="Hub name or local directory")
     model.add_argument("--trust_remote_code", action="store_true", help="allow model code from the repository")
-    model.add_argument("--loss", help="the task's attack loss (classification: ce, margin, dlr; detection: "
-                       "hungarian, vanish; segmentation: ce); default: the task's")
+    model.add_argument("--loss", help=f"the attack loss of the model's task; {loss_help()}")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", help="Hub name, save_to_disk directory, or image folder with metadata.jsonl")
@@ -223,6 +222,19 @@ def build_parser(spec: TaskSpec | None, description: str = "", transfer: bool = 
     run.add_argument("--stop_after_batches", type=int,
                      help="stop after N batches per process (a time-sliced job); rerun the command to continue")
     return parser
+
+
+def loss_help() -> str:
+    """The losses of each task and their defaults, for ``--loss`` help texts."""
+    from hf_sparse_attack.losses import CLASSIFICATION_LOSSES
+    from tasks.classification import ClassificationOptions
+    from tasks.detection import DETECTION_LOSSES, DetectionOptions
+    from tasks.segmentation import SEGMENTATION_LOSSES, SegmentationOptions
+
+    return "; ".join(f"{task}: {', '.join(names)} (default {options().loss})" for task, names, options in (
+        ("classification", CLASSIFICATION_LOSSES, ClassificationOptions),
+        ("detection", DETECTION_LOSSES, DetectionOptions),
+        ("segmentation", SEGMENTATION_LOSSES, SegmentationOptions)))
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -443,12 +455,13 @@ def sample_fields(sample: Sample) -> dict:
 
 
 def attack_fields(result: Any, i: int) -> dict:
-    """The attack's per-sample record fields: success, l0, iterations, loss (and the cascade stage)."""
+    """The attack's per-sample record fields: success, l0, iterations, loss, score (and the cascade stage)."""
     fields = {
         "success": bool(result.success[i]),
         "l0": int(result.l0[i]),
         "iterations": int(result.iterations[i]),
         "loss": float(result.loss[i]),
+        "score": float(result.score[i]),
     }
     if hasattr(result, "stage"):
         fields["stage"] = int(result.stage[i])

@@ -2,7 +2,15 @@
 
 from . import kernels
 from .losses import CLASSIFICATION_LOSSES, classification_loss
-from .objective import ClassifierObjective, NonFiniteModelError, Objective, as_objective, evaluate, select
+from .objective import (
+    ClassifierObjective,
+    Measurement,
+    NonFiniteModelError,
+    Objective,
+    as_objective,
+    measure,
+    select,
+)
 from .result import AttackResult, AuditError, audit
 from .rs import SparseRS
 from .saa import CascadeResult, SparseAutoAttack
@@ -16,6 +24,7 @@ __all__ = [
     "AuditError",
     "CascadeResult",
     "ClassifierObjective",
+    "Measurement",
     "NonFiniteModelError",
     "Objective",
     "SparseAdversarialTraining",
@@ -26,7 +35,7 @@ __all__ = [
     "as_objective",
     "audit",
     "classification_loss",
-    "evaluate",
     "kernels",
+    "measure",
     "select",
 ]

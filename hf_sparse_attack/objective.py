@@ -1,28 +1,36 @@
 """The seam between attacks and tasks: the :class:`Objective` protocol and the core's classifier objective.
 
-An attack only ever asks an objective two things about a batch of images ``x (B, C, H, W)`` in ``[0, 1]``: a
-per-sample loss to maximise and a per-sample success flag. ``targets`` is opaque to the attack (a tensor or a list
-with one entry per sample); the attack only selects rows of it with :func:`select`.
+An attack asks an objective three things about a batch of images ``x (B, C, H, W)`` in ``[0, 1]``, per sample:
+
+- ``loss``: what the gradient (or the random search) climbs;
+- ``success``: the attack's goal is reached, so the sample may stop;
+- ``score``: how close the sample is to that goal *in the terms of the metric the user reports* (higher is
+  closer). The loss steers; the score judges: every attack keeps, per sample, the iterate with the best score
+  (success first), never merely the highest loss. An objective offers it through ``loss_success_score``; one that
+  does not is scored by its loss.
+
+``targets`` is opaque to the attack (a tensor or a list with one entry per sample); the attack only selects rows of
+it with :func:`select`.
 
 >>> import torch
 >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
 >>> objective = as_objective(model)
 >>> x, y = torch.rand(2, 3, 2, 2), torch.tensor([0, 2])
->>> loss, success = evaluate(objective, x, y)
->>> loss.shape, success.dtype
-(torch.Size([2]), torch.bool)
+>>> loss, success, score = measure(objective, x, y)
+>>> loss.shape, success.dtype, bool((score > 0).eq(success).all())  # a classifier's score: the margin
+(torch.Size([2]), torch.bool, True)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from .losses import check_loss_name, classification_loss
+from .losses import check_loss_name, classification_loss, margin
 
 
 @runtime_checkable
@@ -38,6 +46,23 @@ class Objective(Protocol):
         ...
 
 
+class Measurement(NamedTuple):
+    """One forward pass's per-sample verdict, each ``(B,)``: see the module docstring."""
+
+    loss: Tensor
+    success: Tensor
+    score: Tensor
+
+
+def classifier_measurement(loss_name: str, logits: Tensor, labels: Tensor, targeted: bool = False) -> Measurement:
+    """A classifier's verdict from its ``logits (B, C)``: the loss ``loss_name``, success (prediction differs from
+    ``labels``; targeted: equals them) and the margin towards the goal as the score (positive when fooled)."""
+    loss = classification_loss(loss_name, logits, labels, targeted)
+    detached = logits.detach().float()
+    hit = detached.argmax(dim=1) == labels
+    return Measurement(loss, hit if targeted else ~hit, margin(detached, labels, targeted))
+
+
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
@@ -46,7 +71,8 @@ class ClassifierObjective:
     """Objective for any ``nn.Module`` mapping ``[0, 1]`` images to logits ``(B, num_classes)``.
 
     ``targets`` are the true labels (untargeted: success when the prediction differs) or the target classes
-    (``targeted=True``: success when the prediction equals the target).
+    (``targeted=True``: success when the prediction equals the target). The score is the logit margin towards the
+    goal: ``max other logit - true logit`` (targeted: ``target logit - max other logit``), positive when fooled.
     """
 
     model: nn.Module
@@ -78,19 +104,18 @@ class ClassifierObjective:
             raise ValueError(f"targets must be class indices in [0, {classes}) for this model's {classes} "
                              f"classes, got values from {low} to {high}")
 
+    def loss_success_score(self, x: Tensor, targets: Tensor) -> Measurement:
+        return classifier_measurement(self.loss_name, self.logits(x), targets.long(), self.targeted)
+
     def loss_and_success(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.logits(x)
-        targets = targets.long()
-        loss = classification_loss(self.loss_name, logits, targets, self.targeted)
-        hit = logits.detach().argmax(dim=1) == targets
-        return loss, hit if self.targeted else ~hit
+        return self.loss_success_score(x, targets)[:2]
 
     def loss(self, x: Tensor, targets: Tensor) -> Tensor:
-        return self.loss_and_success(x, targets)[0]
+        return self.loss_success_score(x, targets).loss
 
     def success(self, x: Tensor, targets: Tensor) -> Tensor:
         with torch.no_grad():
-            return self.loss_and_success(x, targets)[1]
+            return self.loss_success_score(x, targets).success
 
 
 def as_objective(model_or_objective: Any, loss: str | None = None, targeted: bool = False) -> Objective:
@@ -118,24 +143,34 @@ class NonFiniteModelError(ValueError):
     """The model gave a NaN or infinite loss on the clean images: the attack cannot tell whether it was fooled."""
 
 
-def evaluate(objective: Objective, x: Tensor, targets: Any) -> tuple[Tensor, Tensor]:
-    """Per-sample ``(loss, success)`` in one forward pass when the objective offers ``loss_and_success``.
+def measure(objective: Objective, x: Tensor, targets: Any) -> Measurement:
+    """Per-sample ``(loss, success, score)``, in one forward pass when the objective offers ``loss_success_score``
+    (or ``loss_and_success``; the score is then the loss).
 
-    ``success`` is ``False`` wherever the loss is NaN or infinite: a model that breaks down is never "fooled". The
-    shapes are checked, so an objective returning anything but ``(B,)`` per-sample values raises ``ValueError``.
+    ``success`` is ``False`` wherever the loss is NaN or infinite: a model that breaks down is never "fooled"; such
+    a sample's score is ``-inf`` (never the best). ``score`` is float32, detached. The shapes are checked, so an
+    objective returning anything but ``(B,)`` per-sample values raises ``ValueError``.
     """
+    three = getattr(objective, "loss_success_score", None)
     both = getattr(objective, "loss_and_success", None)
-    if both is not None:
+    if three is not None:
+        loss, success, score = three(x, targets)
+    elif both is not None:
         loss, success = both(x, targets)
+        score = loss
     else:
         loss = objective.loss(x, targets)
         with torch.no_grad():
             success = objective.success(x, targets)
-    for name, value in (("loss", loss), ("success", success)):
+        score = loss
+    for name, value in (("loss", loss), ("success", success), ("score", score)):
         if not isinstance(value, Tensor) or value.shape != (x.shape[0],):
             raise ValueError(f"the objective's {name} must be a tensor of shape ({x.shape[0]},), one value per "
                              f"sample, got {getattr(value, 'shape', type(value).__name__)}")
-    return loss, success.bool() & torch.isfinite(loss.detach())
+    finite = torch.isfinite(loss.detach())
+    score = score.detach().float()
+    score = torch.where(finite & ~torch.isnan(score), score, float("-inf"))
+    return Measurement(loss, success.bool() & finite, score)
 
 
 def require_finite(loss: Tensor) -> None:

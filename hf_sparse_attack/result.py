@@ -26,6 +26,9 @@ class AttackResult:
         loss: ``(B,)`` objective loss of ``adversarial``.
         iterations: ``(B,)`` long, iterations (gradient attacks) or queries (black-box attacks) spent.
         groups: ``(B, 1, Hg, Wg)`` bool placement grid for structured attacks, else ``None``.
+        score: ``(B,)`` float32, the objective's score of ``adversarial`` (how close to the goal in the metric's
+            terms, higher is closer; see :mod:`hf_sparse_attack.objective`): the attacks return, per sample, the
+            iterate with the best score, success first.
     """
 
     adversarial: Tensor
@@ -35,6 +38,7 @@ class AttackResult:
     loss: Tensor
     iterations: Tensor
     groups: Tensor | None = None
+    score: Tensor | None = None
 
     @property
     def robust_accuracy(self) -> float:
@@ -47,6 +51,22 @@ def changed_pixels(x: Tensor, adversarial: Tensor) -> Tensor:
     return (adversarial != x).any(dim=1, keepdim=True)
 
 
+def assemble(x: Tensor, k: int, structure: Structure | None, *, adversarial: Tensor, success: Tensor, loss: Tensor,
+             iterations: Tensor, score: Tensor, groups: Tensor | None = None) -> AttackResult:
+    """The audited :class:`AttackResult` of ``adversarial`` against the clean ``x``: mask and L0 derived here.
+
+    >>> x = torch.zeros(1, 3, 2, 2)
+    >>> adv = x.clone(); adv[0, :, 0, 1] = 1.0
+    >>> r = assemble(x, 1, None, adversarial=adv, success=torch.tensor([True]), loss=torch.zeros(1),
+    ...              iterations=torch.ones(1, dtype=torch.long), score=torch.zeros(1))
+    >>> r.l0.tolist(), r.mask[0, 0].tolist()
+    ([1], [[False, True], [False, False]])
+    """
+    mask = changed_pixels(x, adversarial)
+    l0 = (mask if groups is None else groups).flatten(1).sum(1)
+    return audit(AttackResult(adversarial, success, mask, l0, loss, iterations, groups, score), x, k, structure)
+
+
 def audit(result: AttackResult, x: Tensor, k: int, structure: Structure | None = None) -> AttackResult:
     """Check ``result`` against the clean batch ``x`` and the budget ``k``; return it unchanged or raise AuditError.
 
@@ -57,9 +77,10 @@ def audit(result: AttackResult, x: Tensor, k: int, structure: Structure | None =
     b = x.shape[0]
     if adv.shape != x.shape:
         raise AuditError(f"adversarial shape {tuple(adv.shape)} != input shape {tuple(x.shape)}")
-    for name in ("success", "l0", "loss", "iterations"):
-        if getattr(result, name).shape != (b,):
-            raise AuditError(f"{name} has shape {tuple(getattr(result, name).shape)}, expected ({b},)")
+    for name in ("success", "l0", "loss", "iterations", "score"):
+        value = getattr(result, name)
+        if value is None or value.shape != (b,):
+            raise AuditError(f"{name} has shape {tuple(getattr(value, 'shape', ()))}, expected ({b},)")
     if not torch.isfinite(adv).all():
         raise AuditError("adversarial images contain NaN or Inf")
     if adv.min() < 0 or adv.max() > 1:

@@ -4,7 +4,8 @@ Each sample holds a set of ``k`` perturbed pixels (``k`` kernel placements with 
 with ``mode="patch"``) coloured at corners of the colour cube. Every query tries a candidate: a fraction of the set,
 ``p_init`` shrinking on the paper's schedule, moves to new random positions with new random corner colours. The
 candidate replaces the current set when its loss is higher or the attack succeeds; a sample that succeeds stops
-querying. Only the objective's ``loss`` and ``success`` are used, never a gradient.
+querying. The result is, per sample, the queried image with the best score (the objective's measure of the goal in
+the metric's terms; success first), which need not be the highest-loss one. No gradient is used.
 
 All samples of a batch advance together in tensor operations. Their random draws come from a counter-based hash of
 (seed, sample id, step), so a sample's result does not depend on the batch it is in.
@@ -31,8 +32,8 @@ from torch import Tensor
 from . import rng
 from .config import KernelSpec, build_structure, freeze_kernel
 from .losses import check_loss_name
-from .objective import as_objective, evaluate, require_finite, select
-from .result import AttackResult, audit, changed_pixels
+from .objective import as_objective, measure, require_finite, select
+from .result import AttackResult, assemble
 from .structure import Structure
 from .validation import check_images, check_positive_int, check_range, check_targets
 
@@ -128,10 +129,10 @@ class SparseRS:
         self._check_fits(x, structure)
         draws = _Draws.for_samples(self.seed, rng.sample_ids(ids, x.shape[0]), x.device)
         with torch.no_grad():
-            loss, success = evaluate(objective, x, targets)
+            loss, success, score = measure(objective, x, targets)
             loss = loss.to(x.dtype)
             require_finite(loss)
-            out = _Outcome(x, loss, success, structure)
+            out = _Outcome(x, loss, success, score, structure)
             todo = (~success).nonzero().flatten()
             if todo.numel() and self.queries > 1:
                 self._search(objective, x, targets, todo, draws, structure, out)
@@ -156,18 +157,20 @@ class SparseRS:
     def _search(self, objective, x, targets, rows, draws, structure, out) -> None:
         draws = draws.select(rows)
         targets = select(targets, rows)
+        active = x.index_select(0, rows)
         if self.mode == "patch":
-            search = _PatchSearch(x.index_select(0, rows), self.k, draws, self.queries, self.targeted)
+            search = _PatchSearch(active, self.k, draws, self.queries, self.targeted)
         else:
-            search = _SetSearch(x.index_select(0, rows), self.k, structure, draws)
+            search = _SetSearch(active, self.k, structure, draws)
         used = out.iterations.index_select(0, rows)
+        kept = _Best(active.clone(), out, rows)
         last = self.queries - 2
         for step in range(last + 1):
             if step == 0:
                 candidate = search.start()
             else:
                 candidate = search.propose(step, resample_fraction(step, self.queries, self.p_init, self.mode))
-            loss, success = evaluate(objective, candidate, targets)
+            loss, success, score = measure(objective, candidate, targets)
             # A NaN or infinite loss counts as -inf: never better than a finite one, and never a success.
             loss = loss.to(x.dtype)
             finite = torch.isfinite(loss)
@@ -178,12 +181,13 @@ class SparseRS:
             else:
                 better = success | (loss > best)
                 best = torch.where(better, loss, best)
+            kept.update(candidate, loss, success, score, search.trial_groups())
             search.accept(better)
 
             finished = success.cpu() if step < last else torch.ones(len(success), dtype=torch.bool)  # one sync
             if finished.any():
                 done = finished.nonzero().flatten().to(x.device)
-                out.write(rows, done, search.image(), best, success, used, search.groups())
+                out.write(rows, done, kept, used)
                 keep = (~finished).nonzero().flatten()
                 if keep.numel() == 0:
                     return
@@ -191,6 +195,31 @@ class SparseRS:
                 keep = keep.to(x.device)
                 rows, best, used = (t.index_select(0, keep) for t in (rows, best, used))
                 search.compact(keep)
+                kept.compact(keep)
+
+
+class _Best:
+    """Per active sample, the queried image with the best score so far (success first), with its loss and groups;
+    the clean image until a query beats the clean score."""
+
+    def __init__(self, x: Tensor, out: _Outcome, rows: Tensor) -> None:
+        self.image, self.success = x, torch.zeros(len(rows), dtype=torch.bool, device=x.device)
+        self.loss, self.score = out.loss.index_select(0, rows), out.score.index_select(0, rows)
+        self.groups = None if out.groups is None else out.groups.index_select(0, rows)
+
+    def update(self, image: Tensor, loss: Tensor, success: Tensor, score: Tensor, groups: Tensor | None) -> None:
+        better = success | (score > self.score)
+        self.image = torch.where(better.view(-1, 1, 1, 1), image, self.image)
+        self.loss, self.score = torch.where(better, loss, self.loss), torch.where(better, score, self.score)
+        self.success = self.success | success
+        if groups is not None:
+            self.groups = torch.where(better.view(-1, 1, 1, 1), groups, self.groups)
+
+    def compact(self, keep: Tensor) -> None:
+        for name in ("image", "loss", "score", "success", "groups"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.index_select(0, keep))
 
 
 def _mul32(v: Tensor, c: int) -> Tensor:
@@ -327,14 +356,13 @@ class _SetSearch:
         self.chosen = torch.where(better[:, None], chosen, self.chosen)
         self.paint = torch.where(better[:, None, None], paint, self.paint)
 
-    def image(self) -> Tensor:
-        return self._image(self.chosen, self.paint)
-
-    def groups(self) -> Tensor | None:
+    def trial_groups(self) -> Tensor | None:
+        """The placement grid of the last proposed candidate (``None`` for single pixels)."""
         if self.grid is None:
             return None
-        placed = torch.zeros(self.chosen.shape[0], self.positions.shape[1], dtype=torch.bool, device=self.x.device)
-        return placed.scatter_(1, self.chosen, True).view(-1, 1, *self.grid)
+        chosen = self.trial[0]
+        placed = torch.zeros(chosen.shape[0], self.positions.shape[1], dtype=torch.bool, device=self.x.device)
+        return placed.scatter_(1, chosen, True).view(-1, 1, *self.grid)
 
     def compact(self, keep: Tensor) -> None:
         self.x, self.chosen, self.paint = (t.index_select(0, keep) for t in (self.x, self.chosen, self.paint))
@@ -402,10 +430,7 @@ class _PatchSearch:
         self.loc = torch.where(better[:, None], loc, self.loc)
         self.patch = torch.where(better[:, None, None, None], patch, self.patch)
 
-    def image(self) -> Tensor:
-        return self._image(self.loc, self.patch)
-
-    def groups(self) -> None:
+    def trial_groups(self) -> None:
         return None
 
     def compact(self, keep: Tensor) -> None:
@@ -416,28 +441,25 @@ class _PatchSearch:
 class _Outcome:
     """Full-batch results, filled in as samples finish; the clean check is every sample's first query."""
 
-    def __init__(self, x: Tensor, loss: Tensor, success: Tensor, structure: Structure | None) -> None:
+    def __init__(self, x: Tensor, loss: Tensor, success: Tensor, score: Tensor, structure: Structure | None) -> None:
         b = x.shape[0]
-        self.adversarial, self.loss, self.success = x.clone(), loss, success.clone()
+        self.adversarial, self.loss, self.success, self.score = x.clone(), loss, success.clone(), score.clone()
         self.iterations = torch.ones(b, dtype=torch.long, device=x.device)
         grid = None if structure is None else structure.grid_shape
         self.groups = None if grid is None else torch.zeros(b, 1, *grid, dtype=torch.bool, device=x.device)
 
-    def write(self, rows: Tensor, done: Tensor, adversarial, loss, success, iterations, groups) -> None:
-        """Store rows ``done`` of the active batch (whose batch positions are ``rows``).
+    def write(self, rows: Tensor, done: Tensor, kept: _Best, iterations: Tensor) -> None:
+        """Store rows ``done`` of the active batch (whose batch positions are ``rows``): each one's best image.
 
-        A sample whose every query gave a NaN or infinite loss (best loss -inf) keeps its clean image and loss.
+        A sample whose every query gave a NaN or infinite loss (score -inf) keeps its clean image and loss.
         """
         index = rows.index_select(0, done)
-        self.success[index] = success.index_select(0, done)
         self.iterations[index] = iterations.index_select(0, done)
-        found = torch.isfinite(loss.index_select(0, done))
-        for name, value in (("adversarial", adversarial), ("loss", loss), ("groups", groups)):
+        for name in ("adversarial", "loss", "score", "success", "groups"):
+            value = getattr(kept, "image" if name == "adversarial" else name)
             if value is not None:
-                getattr(self, name)[index[found]] = value.index_select(0, done)[found]
+                getattr(self, name)[index] = value.index_select(0, done)
 
     def result(self, x: Tensor, k: int, structure: Structure | None) -> AttackResult:
-        mask = changed_pixels(x, self.adversarial)
-        l0 = (mask if self.groups is None else self.groups).flatten(1).sum(1)
-        result = AttackResult(self.adversarial, self.success, mask, l0, self.loss, self.iterations, self.groups)
-        return audit(result, x, k, structure)
+        return assemble(x, k, structure, adversarial=self.adversarial, success=self.success, loss=self.loss,
+                        iterations=self.iterations, groups=self.groups, score=self.score)

@@ -26,8 +26,8 @@ from torch import Tensor
 from . import rng
 from .config import KernelSpec, build_structure, freeze_kernel
 from .losses import check_loss_name
-from .objective import as_objective, evaluate, require_finite, select
-from .result import AttackResult, AuditError, audit, changed_pixels
+from .objective import as_objective, measure, require_finite, select
+from .result import AttackResult, AuditError, assemble, audit
 from .rs import SparseRS
 from .spgd import SparsePGD
 from .structure import Structure
@@ -66,7 +66,8 @@ class CascadeResult(AttackResult):
         robust_accuracy_per_stage: robust accuracy on the clean images, then after each stage (length stages + 1).
 
     ``iterations`` sums each sample's work over the stages it ran in (sPGD steps plus Sparse-RS queries); a robust
-    sample's adversarial image, loss and groups are those of the last stage.
+    sample's adversarial image, loss, score and groups are those of the stage whose image scored best (the clean
+    image if none beat it), so a later, weaker stage never replaces a better image.
     """
 
     stage: Tensor
@@ -152,10 +153,10 @@ class SparseAutoAttack:
         ids = rng.sample_ids(ids, x.shape[0])
         structure = build_structure(self.kernel, self.stride, *x.shape[-2:])
         with torch.no_grad():
-            loss, success = evaluate(objective, x, targets)
+            loss, success, score = measure(objective, x, targets)
         loss = loss.to(x.dtype)
         require_finite(loss)
-        out = _Cascade(x, loss, success, structure)
+        out = _Cascade(x, loss, success, score, structure)
         for number, attack in enumerate(self.stages, 1):
             rows = (~out.success).nonzero().flatten()
             if rows.numel():
@@ -167,11 +168,11 @@ class SparseAutoAttack:
 
 
 class _Cascade:
-    """Full-batch results, each sample's row overwritten by every stage it runs in."""
+    """Full-batch results: a sample's row takes a stage's image when that stage fools it or beats its best score."""
 
-    def __init__(self, x: Tensor, loss: Tensor, success: Tensor, structure: Structure | None) -> None:
+    def __init__(self, x: Tensor, loss: Tensor, success: Tensor, score: Tensor, structure: Structure | None) -> None:
         b = x.shape[0]
-        self.adversarial, self.loss, self.success = x.clone(), loss, success.clone()
+        self.adversarial, self.loss, self.success, self.score = x.clone(), loss, success.clone(), score.clone()
         self.iterations = torch.zeros(b, dtype=torch.long, device=x.device)
         self.stage = torch.where(success, CLEAN, ROBUST).long()
         grid = None if structure is None else structure.grid_shape
@@ -179,22 +180,23 @@ class _Cascade:
         self.robust = [1.0 - success.float().mean().item()]
 
     def record(self, number: int, rows: Tensor, result: AttackResult) -> None:
-        self.adversarial[rows] = result.adversarial
-        self.loss[rows] = result.loss.to(self.loss.dtype)
-        self.success[rows] = result.success
+        """Stage ``number`` attacked the samples at ``rows`` (none of them fooled before)."""
         self.iterations[rows] += result.iterations
+        take = result.success | (result.score > self.score[rows])
+        rows, picked = rows[take], take.nonzero().flatten()
+        self.adversarial[rows] = result.adversarial[picked]
+        self.loss[rows] = result.loss[picked].to(self.loss.dtype)
+        self.score[rows] = result.score[picked]
+        self.success[rows] = result.success[picked]
         if self.groups is not None:
-            self.groups[rows] = result.groups
-        self.stage[rows[result.success]] = number
+            self.groups[rows] = result.groups[picked]
+        self.stage[rows[result.success[picked]]] = number
 
     def result(self, x: Tensor, k: int, structure: Structure | None) -> CascadeResult:
-        mask = changed_pixels(x, self.adversarial)
-        l0 = (mask if self.groups is None else self.groups).flatten(1).sum(1)
-        result = CascadeResult(
-            adversarial=self.adversarial, success=self.success, mask=mask, l0=l0, loss=self.loss,
-            iterations=self.iterations, groups=self.groups, stage=self.stage,
-            robust_accuracy_per_stage=tuple(self.robust),
-        )
+        base = assemble(x, k, structure, adversarial=self.adversarial, success=self.success, loss=self.loss,
+                        iterations=self.iterations, groups=self.groups, score=self.score)
+        result = CascadeResult(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, stage=self.stage,
+                               robust_accuracy_per_stage=tuple(self.robust))
         return audit_cascade(result, x, k, structure)
 
 

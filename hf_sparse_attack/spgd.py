@@ -28,8 +28,8 @@ from torch import Tensor
 from . import rng
 from .config import KernelSpec, build_structure, freeze_kernel
 from .losses import check_loss_name
-from .objective import as_objective, evaluate, require_finite, select
-from .result import AttackResult, audit, changed_pixels
+from .objective import as_objective, measure, require_finite, select
+from .result import AttackResult, assemble
 from .validation import check_images, check_positive_int, check_range, check_targets
 
 
@@ -116,10 +116,10 @@ class SparsePGD:
         gens = rng.sample_generators(self.seed, rng.sample_ids(ids, b), x.device)
 
         with torch.no_grad():
-            clean_loss, clean_success = evaluate(objective, x, targets)
+            clean_loss, clean_success, clean_score = measure(objective, x, targets)
         clean_loss = clean_loss.to(x.dtype)
         require_finite(clean_loss)
-        out = _Outcome(x, clean_loss, clean_success, grid if structure else None)
+        out = _Outcome(x, clean_loss, clean_success, clean_score, grid if structure else None)
         todo = (~clean_success).nonzero().flatten().tolist()
         if todo:
             self._run(objective, x, targets, todo, gens, structure, grid, out)
@@ -144,12 +144,12 @@ class SparsePGD:
             x_adv = quantize_8bit(x_adv) if self.quantize else x_adv.clamp_(0, 1)
             x_adv = torch.where(pixels.bool(), x_adv, s.x, out=x_adv).requires_grad_(True)
             with torch.enable_grad():
-                loss, success = evaluate(objective, x_adv, s.targets)
+                loss, success, score = measure(objective, x_adv, s.targets)
                 (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)  # a model breaking down steers nothing
             loss = loss.detach().to(x.dtype)
-            success &= torch.isfinite(loss)  # evaluate checked before the cast to the images' dtype
-            better = s.record(loss, success, support)
+            success &= torch.isfinite(loss)  # measure checked before the cast to the images' dtype
+            better = s.record(loss, success, score, support)
 
             stuck = unchanged >= self.patience
             flags = torch.stack((success, stuck & ~success, better)).cpu()  # the one host sync per iteration
@@ -176,44 +176,43 @@ class SparsePGD:
             direction = grad.sign() if self.unprojected else grad.sign().mul_(pixels)
             if restart:  # a stuck sample restarts from a new random mask (and magnitude, see the class docstring)
                 rows = torch.tensor(restart, device=x.device)
-                direction.index_fill_(0, rows, 0)
-                grad_m.index_fill_(0, rows, 0)
                 m_tilde[rows] = rng.randn([s.gens[i] for i in restart], (1, *grid), x.dtype)
                 if not self.unprojected:
                     fresh = (rng.rand([s.gens[i] for i in restart], x.shape[1:], x.dtype) * 2 - 1).mul_(eps)
                     p[rows] = torch.clamp(fresh, s.lo[rows], s.hi[rows])
                 unchanged.index_fill_(0, rows, 0)
 
+            # This iteration's steps apply to every sample, a restarted one's fresh mask too (as the authors' code).
             p = torch.clamp(p.add_(direction, alpha=self.alpha * eps), s.lo, s.hi, out=p)
             norm = grad_m.flatten(1).norm(dim=1)
             step = torch.where(norm > 2e-10, mask_step / (norm + 1e-10), torch.zeros_like(norm))
             m_tilde.add_(grad_m.mul_(step.view(-1, 1, 1, 1)))
 
             previous, support = support, topk_mask(m_tilde, k, out=previous)
-            moved = (support != previous).flatten(1).any(1)
-            unchanged = torch.where(moved, torch.zeros_like(unchanged), unchanged + 1)
+            # Unchanged supports count up since the sample's last restart, not consecutively (the authors' rule:
+            # a support that keeps returning to the same pixels restarts too).
+            unchanged += (support == previous).flatten(1).all(1)
         s.write(out, torch.ones(len(s.gens), dtype=torch.bool))
 
 
 class _Outcome:
     """Full-batch results, filled in as samples finish (clean successes are final from the start)."""
 
-    def __init__(self, x: Tensor, loss: Tensor, success: Tensor, grid: tuple[int, int] | None) -> None:
+    def __init__(self, x: Tensor, loss: Tensor, success: Tensor, score: Tensor, grid: tuple[int, int] | None) -> None:
         self.adversarial = x.clone()
         self.loss = loss
         self.success = success.clone()
+        self.score = score.clone()
         self.iterations = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         self.groups = None if grid is None else torch.zeros(x.shape[0], 1, *grid, dtype=torch.bool, device=x.device)
 
     def result(self, x: Tensor, k: int, structure) -> AttackResult:
-        mask = changed_pixels(x, self.adversarial)
-        l0 = (mask if self.groups is None else self.groups).flatten(1).sum(1)
-        result = AttackResult(self.adversarial, self.success, mask, l0, self.loss, self.iterations, self.groups)
-        return audit(result, x, k, structure)
+        return assemble(x, k, structure, adversarial=self.adversarial, success=self.success, loss=self.loss,
+                        iterations=self.iterations, groups=self.groups, score=self.score)
 
 
 class _Active:
-    """The samples still being attacked, with their best iterate so far (success first, then highest loss)."""
+    """The samples still being attacked, with their best iterate so far: success first, then the best score."""
 
     def __init__(self, x: Tensor, targets: Any, todo: list[int], gens: list, out: _Outcome, eps: float) -> None:
         self.index = torch.tensor(todo, device=x.device)
@@ -224,17 +223,19 @@ class _Active:
         self.iterations = torch.zeros(len(todo), dtype=torch.long, device=x.device)
         self.best = self.x.clone()
         self.loss = out.loss.index_select(0, self.index)
+        self.score = out.score.index_select(0, self.index)
         self.success = torch.zeros(len(todo), dtype=torch.bool, device=x.device)
         self.groups = None if out.groups is None else out.groups.index_select(0, self.index)
 
-    def record(self, loss: Tensor, success: Tensor, support: Tensor) -> Tensor:
-        """Update losses, success and placements; return which samples improved (their images: keep_best).
+    def record(self, loss: Tensor, success: Tensor, score: Tensor, support: Tensor) -> Tensor:
+        """Update scores, losses, success and placements; return which samples improved (images: keep_best).
 
-        An iterate with a NaN or infinite loss is never better (and was already denied success).
+        An iterate with a NaN or infinite loss is never better (its score is -inf and it was denied success).
         """
         self.iterations += 1
-        better = success | (torch.isfinite(loss) & (loss > self.loss))
+        better = success | (score > self.score)
         torch.where(better, loss, self.loss, out=self.loss)
+        torch.where(better, score, self.score, out=self.score)
         self.success |= success
         if self.groups is not None:
             torch.where(better.view(-1, 1, 1, 1), support.bool(), self.groups, out=self.groups)
@@ -251,7 +252,7 @@ class _Active:
     def write(self, out: _Outcome, rows: Tensor) -> None:
         rows = rows.to(self.index.device).nonzero().flatten()
         index = self.index.index_select(0, rows)
-        for name in ("adversarial", "loss", "success", "iterations", "groups"):
+        for name in ("adversarial", "loss", "score", "success", "iterations", "groups"):
             mine = getattr(self, "best" if name == "adversarial" else name)
             if mine is not None:
                 getattr(out, name)[index] = mine.index_select(0, rows)
@@ -259,7 +260,7 @@ class _Active:
     def compact(self, keep: Tensor) -> None:
         kept = keep.tolist()
         keep = keep.to(self.x.device)
-        for name in ("index", "x", "lo", "hi", "iterations", "best", "loss", "success", "groups"):
+        for name in ("index", "x", "lo", "hi", "iterations", "best", "loss", "score", "success", "groups"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.index_select(0, keep))

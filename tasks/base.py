@@ -6,7 +6,8 @@ evaluation needs around an attack:
 
 - ``prepare(images, annotations=None) -> (x, targets)``: processor resize/crop/pad, targets in that frame (from
   ``clean_targets(x)`` when no annotations are given);
-- ``loss``, ``success``, ``loss_and_success`` (one forward pass);
+- ``loss_success_score`` (one forward pass: loss, success and the score in the metric's terms, see
+  :mod:`hf_sparse_attack.objective`), and ``loss``, ``success``, ``loss_and_success`` from it;
 - ``predict(x)``: what metrics consume; ``to_original(predictions, original_sizes)``: back to the image's size;
 - ``clean_targets(x)``: the model's own prediction, used as targets when there is no ground truth.
 """
@@ -18,6 +19,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+
+from hf_sparse_attack.objective import Measurement
 
 from .pixels import Normalizer
 
@@ -60,17 +63,23 @@ class TaskObjective(ABC):
         return f"{type(self).__name__}({self.name_or_path!r}, {self.options})"
 
     @abstractmethod
+    def loss_success_score(self, x: Tensor, targets: Any) -> Measurement:
+        """``(loss, success, score)``, each ``(B,)``, from one forward pass; the loss is to be maximised, the score
+        says how close each sample is to the goal in the terms of the task's metric (higher is closer)."""
+
     def loss_and_success(self, x: Tensor, targets: Any) -> tuple[Tensor, Tensor]:
-        """``(loss (B,), success (B,) bool)`` from one forward pass; the loss is to be maximised."""
+        """``(loss (B,), success (B,) bool)`` from one forward pass."""
+        measurement = self.loss_success_score(x, targets)
+        return measurement.loss, measurement.success
 
     def loss(self, x: Tensor, targets: Any) -> Tensor:
         """``(B,)`` per-sample loss, differentiable with respect to ``x``."""
-        return self.loss_and_success(x, targets)[0]
+        return self.loss_success_score(x, targets).loss
 
     def success(self, x: Tensor, targets: Any) -> Tensor:
         """``(B,)`` bool: the attack goal is reached for this sample."""
         with torch.no_grad():
-            return self.loss_and_success(x, targets)[1]
+            return self.loss_success_score(x, targets).success
 
     @abstractmethod
     def prepare(self, images: Any, annotations: Any = None) -> tuple[Tensor, Any]:

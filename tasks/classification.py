@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hf_sparse_attack import classification_loss
 from hf_sparse_attack.losses import check_loss_name
+from hf_sparse_attack.objective import Measurement, classifier_measurement
 
 from .base import TaskObjective, check_flag
 from .pixels import image_list, processor_pixels
@@ -57,11 +57,9 @@ class ClassificationObjective(TaskObjective):
         """``(B, num_labels)`` float32 logits of pixels ``x`` in ``[0, 1]``."""
         return self.model(pixel_values=self.normalize(x)).logits.float()
 
-    def loss_and_success(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.logits(x)
-        loss = classification_loss(self.options.loss, logits, targets, self.options.targeted)
-        hit = logits.detach().argmax(dim=1) == targets
-        return loss, hit if self.options.targeted else ~hit
+    def loss_success_score(self, x: Tensor, targets: Tensor) -> Measurement:
+        """The loss, success and the logit margin towards the goal as the score (positive when fooled)."""
+        return classifier_measurement(self.options.loss, self.logits(x), targets, self.options.targeted)
 
     def predict(self, x: Tensor) -> Tensor:
         """``LongTensor (B,)`` predicted class ids."""

@@ -91,8 +91,9 @@ def load_task(
             (``transformers.modeling_utils.load_state_dict``, which also checks that torch is recent enough for
             that to be safe), which unpickles tensors and plain containers only, never arbitrary objects.
         options: the adapter's options: classification ``loss`` (``"ce"``, ``"margin"``, ``"dlr"``) and
-            ``targeted``; detection ``loss`` (``"hungarian"``, ``"vanish"``), ``score_threshold``,
-            ``iou_threshold``; segmentation ``loss`` (``"ce"``), ``targeted``, ``adv_threshold``,
+            ``targeted``; detection ``loss`` (:data:`tasks.detection.DETECTION_LOSSES`), ``score_threshold``,
+            ``iou_threshold``, ``target_threshold``; segmentation ``loss``
+            (:data:`tasks.segmentation.SEGMENTATION_LOSSES`), ``targeted``, ``adv_threshold``,
             ``ignore_index``.
 
     Returns the objective with the model in eval mode and its parameters frozen. Raises :class:`TaskLoadError`.

@@ -36,7 +36,8 @@ def tiny_task_batches(root):
     detr = tiny_detr(root)
     x, _ = load_task(detr).prepare(images)
     top = min(p["scores"].max().item() for p in load_task(detr).predict(x, score_threshold=0.0))
-    detector = load_task(detr, score_threshold=round(0.7 * top, 4))  # every image keeps a clean detection
+    threshold = round(0.7 * top, 4)  # every image keeps a clean detection
+    detector = load_task(detr, score_threshold=threshold, target_threshold=threshold)
     segmenter = load_task(tiny_segformer(root), adv_threshold=0.1)
     return {name: (objective, *objective.prepare(images))
             for name, objective in (("detection", detector), ("segmentation", segmenter))}

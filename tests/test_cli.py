@@ -1,6 +1,7 @@
 """The ``hf-sparse-attack`` command: demo end to end (table = JSON, drops, index.html pictures, Chromium), ``attack``
-on a file and a folder (budget re-checked from the PNGs), one-line errors with exit code 2, ``--help`` of each
-subcommand."""
+on a file and a folder (budget re-checked from the PNGs) with its task options and its report in the task's terms
+(class change; per-object scores re-measured from the PNGs; the fraction of pixels whose class changed; nothing to
+attack), one-line errors with exit code 2, ``--help`` of each subcommand."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from evaluation import cli
 from evaluation.embedded import model_path
-from evaluation.shapes import classification_sample
+from evaluation.records import load_png
+from evaluation.shapes import TEST_SEED, classification_sample, shapes_sample
+from tasks import load_task
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -111,18 +115,104 @@ def check_budget(out: Path, name: str, k: int) -> None:
     assert np.array_equal(pixels(out / name / f"perturbation_k{k}.png")[..., 0] > 0, changed)
 
 
-def test_attack_file_and_folder(images, tmp_path):
+def run_attack(argv: list[str], capsys) -> tuple[dict, dict[str, str]]:
+    """Run ``hf-sparse-attack attack ARGV``: its summary.json and what it printed, one line per image file name."""
+    capsys.readouterr()
+    assert cli.main(["attack", *argv]) == 0
+    lines = {Path(line.split(": ", 1)[0]).name: line for line in capsys.readouterr().out.splitlines()}
+    return json.loads((Path(argv[argv.index("--output_dir") + 1]) / "summary.json").read_text()), lines
+
+
+def test_attack_file_and_folder(images, tmp_path, capsys):
     model = str(model_path("classifier"))
-    flags = ["--model_name_or_path", model, "--steps", "20", "--k", "4"]
-    assert cli.main(["attack", str(images / "shape0.png"), *flags, "--output_dir", str(tmp_path / "one")]) == 0
+    flags = ["--model_name_or_path", model, "--steps", "20", "--k", "4", "--loss", "margin"]
+    run_attack([str(images / "shape0.png"), *flags, "--output_dir", str(tmp_path / "one")], capsys)
     check_budget(tmp_path / "one", "shape0.png", 4)
-    assert cli.main(["attack", str(images), *flags, "--output_dir", str(tmp_path / "all")]) == 0
-    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    summary, lines = run_attack([str(images), *flags, "--output_dir", str(tmp_path / "all")], capsys)
     assert summary["task"] == "classification" and len(summary["images"]) == 2
+    assert summary["task_options"] == {"loss": "margin", "targeted": False}
+    names = load_task(model).model.config.id2label
     for entry in summary["images"]:
         name = Path(entry["file"]).name
         check_budget(tmp_path / "all", name, 4)
-        assert entry["attacks"][0]["l0"] <= 4
+        (result,) = entry["attacks"]
+        assert result["l0"] <= 4
+        clean, adversarial = entry["clean_prediction"], result["adversarial_prediction"]
+        assert [clean["name"], adversarial["name"]] == [names[clean["class"]], names[adversarial["class"]]]
+        assert result["success"] == (clean["class"] != adversarial["class"])
+        fooled = "fooled" if result["success"] else "not fooled"
+        assert result["report"] == f"{fooled}: {clean['name']} -> {adversarial['name']}"
+        assert lines[name] == f"{entry['file']}: k=4, L0 {result['l0']}: {result['report']}"
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """A folder of a generated shapes scene (3 objects the embedded detector finds from 0.55) and a plain grey
+    image (no detection from 0.05)."""
+    folder = tmp_path_factory.mktemp("scenes")
+    Image.fromarray(shapes_sample(TEST_SEED, 0).image).save(folder / "shapes.png")
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "grey.png")
+    return folder
+
+
+def test_attack_detection_reports_each_object_and_nothing_to_attack(scenes, tmp_path, capsys):
+    options = {"loss": "targets", "score_threshold": 0.2, "iou_threshold": 0.4, "target_threshold": 0.55}
+    out = tmp_path / "out"
+    summary, lines = run_attack([str(scenes), "--model_name_or_path", str(model_path("detector")), "--k", "30",
+                                 "--steps", "10", *(f for key, value in options.items() for f in (f"--{key}",
+                                 str(value))), "--output_dir", str(out)], capsys)
+    assert summary["task"] == "detection" and summary["task_options"] == options
+    grey, scene = summary["images"]  # name order
+    assert grey["attacks"] == [] and "scoring >= 0.55" in grey["nothing_to_attack"]
+    assert lines["grey.png"] == f"{grey['file']}: nothing to attack, {grey['nothing_to_attack']}"
+    assert sorted(p.name for p in (out / "grey.png").iterdir()) == ["clean.png"]
+    (result,) = scene["attacks"]
+    check_budget(out, "shapes.png", 30)
+    assert result["l0"] <= 30
+    objects = result["objects"]
+    assert len(objects) == len(scene["clean_prediction"]["labels"]) == 3  # the clean detections from 0.55
+    assert min(scene["clean_prediction"]["scores"] + result["adversarial_prediction"]["scores"]) >= 0.55
+    # each score is what the detector says of the saved PNGs: objective.found with the same options
+    objective = load_task(model_path("detector"), **options)
+    targets = [{"labels": torch.tensor([o["label"] for o in objects]), "size": torch.tensor([64, 64]),
+                "boxes": torch.tensor([o["box"] for o in objects])}]
+    for picture, key in (("clean.png", "clean_score"), ("adversarial_k30.png", "adversarial_score")):
+        found = objective.found(load_png(out / "shapes.png" / picture)[None], targets)[0]
+        assert found.tolist() == pytest.approx([o[key] for o in objects], abs=1e-4)
+    assert all(o["clean_score"] >= 0.55 and o["name"] == objective.model.config.id2label[o["label"]]
+               for o in objects)
+    removed = [o["adversarial_score"] == 0 for o in objects]  # a detection scoring under 0.2 no longer counts
+    assert all(o["removed"] or o["adversarial_score"] >= 0.2 for o in objects)
+    assert [o["removed"] for o in objects] == removed and result["objects_removed"] == sum(removed) > 0
+    assert result["success"] == all(removed)
+    assert result["report"] == f"{sum(removed)} of 3 objects removed (" + ", ".join(
+        f"{o['name']} {o['clean_score']:.2f} -> {o['adversarial_score']:.2f}" for o in objects) + ")"
+    assert lines["shapes.png"] == f"{scene['file']}: k=30, L0 {result['l0']}: {result['report']}"
+
+
+def test_attack_segmentation_reports_the_fraction_of_pixels_that_changed_class(scenes, tmp_path, capsys):
+    model, out = str(model_path("segmenter")), tmp_path / "out"
+    summary, lines = run_attack([str(scenes / "shapes.png"), "--model_name_or_path", model, "--k", "20", "--steps",
+                                 "10", "--loss", "ce_correct", "--adv_threshold", "0.03", "--output_dir", str(out)],
+                                capsys)
+    assert summary["task"] == "segmentation"
+    assert (summary["task_options"]["loss"], summary["task_options"]["adv_threshold"]) == ("ce_correct", 0.03)
+    (image,) = summary["images"]
+    (result,) = image["attacks"]
+    check_budget(out, "shapes.png", 20)
+    assert result["l0"] <= 20
+    objective = load_task(model)
+    clean, adversarial = (objective.predict(load_png(out / "shapes.png" / picture)[None])[0]
+                          for picture in ("clean.png", "adversarial_k20.png"))
+    fraction = (clean != adversarial).double().mean().item()  # the targets are the clean map: every pixel labelled
+    assert fraction > 0 and result["pixels_changed_class"] == pytest.approx(fraction)
+    assert result["success"] == (fraction >= 0.03)
+    names = objective.model.config.id2label
+    for prediction, label_map in ((image["clean_prediction"], clean), (result["adversarial_prediction"], adversarial)):
+        assert prediction["names"] == [names[c] for c in label_map.unique().tolist()]
+    assert f"{fraction:.1%} of labelled pixels changed class" in result["report"]
+    assert result["report"].startswith("fooled: " if result["success"] else "not fooled: ")
+    assert lines["shapes.png"] == f"{image['file']}: k=20, L0 {result['l0']}: {result['report']}"
 
 
 def test_attack_output_dir_is_replaced_only_with_overwrite(images, tmp_path, capsys):
@@ -150,12 +240,23 @@ def test_attack_output_dir_is_replaced_only_with_overwrite(images, tmp_path, cap
     (["attack", "IMAGES", "--model_name_or_path", "./no/such/model", "--output_dir", "OUT"], "does not exist"),
     (["attack", "IMAGES", "--model_name_or_path", "MODEL", "--k", "0", "--output_dir", "OUT"], "k must be"),
     (["attack", "IMAGES", "--model_name_or_path", "MODEL", "--k", "ten", "--output_dir", "OUT"], "invalid int"),
+    (["attack", "IMAGES", "--model_name_or_path", "MODEL", "--score_threshold", "0.1", "--output_dir", "OUT"],
+     "the classification task does not take the option(s) score_threshold"),
+    (["attack", "IMAGES", "--model_name_or_path", "SEGMENTER", "--iou_threshold", "0.3", "--output_dir", "OUT"],
+     "the segmentation task does not take the option(s) iou_threshold"),
+    (["attack", "IMAGES", "--model_name_or_path", "DETECTOR", "--adv_threshold", "0.5", "--output_dir", "OUT"],
+     "the detection task does not take the option(s) adv_threshold"),
+    (["attack", "IMAGES", "--model_name_or_path", "DETECTOR", "--loss", "bogus", "--output_dir", "OUT"],
+     "unknown detection loss 'bogus'"),
+    (["attack", "IMAGES", "--model_name_or_path", "DETECTOR", "--target_threshold", "2", "--output_dir", "OUT"],
+     "target_threshold"),
     (["eval", "--model_name_or_path", "./no/such/model"], "does not exist"),
     (["demo", "--samples", "0", "--output_dir", "OUT"], "--samples must be"),
     (["demo", "--samples", "1000000000", "--output_dir", "OUT"], "--samples must be an integer in [1, 1000]"),
 ])
 def test_errors_are_one_line_with_exit_code_2(argv, message, images, tmp_path, capsys):
-    values = {"IMAGES": str(images), "MODEL": str(model_path("classifier")), "OUT": str(tmp_path / "out")}
+    values = {"IMAGES": str(images), "MODEL": str(model_path("classifier")), "DETECTOR": str(model_path("detector")),
+              "SEGMENTER": str(model_path("segmenter")), "OUT": str(tmp_path / "out")}
     with pytest.raises(SystemExit) as exit_info:
         cli.main([values.get(a, a) for a in argv])
     assert exit_info.value.code == 2
@@ -171,6 +272,7 @@ def test_debug_shows_the_exception():
 @pytest.mark.parametrize("command, expected", [
     ([], "transfer"),
     (["attack"], "--kernel"),
+    (["attack"], "--target_threshold"),
     (["eval"], "--model_name_or_path MODEL --help"),
     (["eval", "--model_name_or_path", str(model_path("detector"))], "--coco_annotation_file"),
     (["transfer"], "--target_models"),

@@ -48,11 +48,16 @@ def test_at_least_as_strong_as_each_stage_alone(digits):
         assert_valid_result(single, x, 2)
     assert result.robust_accuracy <= min(single.robust_accuracy for single in alone)
     assert result.robust_accuracy < result.robust_accuracy_per_stage[1]  # the later stages add something here
-    # each sample went through the stages with its own seeds: its row is that of the last stage it ran in alone
-    last = torch.where(result.stage == -1, 3, result.stage)
+    # each sample went through the stages with its own seeds: its row is that of the stage that fooled it, or for a
+    # robust sample that of the stage whose image scored best on it
+    scores = torch.stack([single.score for single in alone])  # (stages, B)
+    chosen = torch.where(result.stage == -1, scores.argmax(0) + 1, result.stage)
+    assert (result.stage == -1).any()
     for number, single in enumerate(alone, 1):
-        rows = last == number
+        rows = chosen == number
         assert torch.equal(result.adversarial[rows], single.adversarial[rows])
+    robust = result.stage == -1
+    assert torch.equal(result.score[robust], scores.amax(0)[robust])
 
 
 def test_records_which_stage_fooled_each_sample():

@@ -8,6 +8,7 @@ from tiny_models import RESOLUTION, photo_crops, random_sparse_noise, tiny_segfo
 
 from hf_sparse_attack import SparsePGD
 from tasks import SegmentationObjective, load_task
+from tasks.segmentation import SEGMENTATION_LOSSES
 
 torch.set_num_threads(1)
 
@@ -52,7 +53,7 @@ def test_prepare_resizes_images_and_label_maps_like_the_processor(model_dir):
 
 
 def test_predict_matches_post_processing_and_loss_matches_the_models_loss(model_dir, images):
-    objective = load_task(model_dir)
+    objective = load_task(model_dir, loss="ce")
     maps = [quadrant_map(64, 64)] * 2
     x, labels = objective.prepare(images[:2], maps)
     with torch.no_grad():
@@ -67,9 +68,10 @@ def test_predict_matches_post_processing_and_loss_matches_the_models_loss(model_
     assert torch.equal(back[0], predicted[0]) and back[1].shape == (32, 32)
 
 
+@pytest.mark.parametrize("loss", SEGMENTATION_LOSSES)
 @pytest.mark.parametrize("targeted", [False, True])
-def test_losses_are_per_sample_finite_and_reach_the_pixels(model_dir, images, targeted):
-    objective = load_task(model_dir, targeted=targeted)
+def test_losses_are_per_sample_finite_and_reach_the_pixels(model_dir, images, targeted, loss):
+    objective = load_task(model_dir, targeted=targeted, loss=loss)
     unlabelled = np.full((64, 64), 255, dtype=np.uint8)
     x, labels = objective.prepare(images[:3], [quadrant_map(64, 64), quadrant_map(64, 64), unlabelled])
     x.requires_grad_(True)
@@ -79,8 +81,62 @@ def test_losses_are_per_sample_finite_and_reach_the_pixels(model_dir, images, ta
     (grad,) = torch.autograd.grad(values[0], x)
     assert torch.isfinite(grad).all() and grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
     assert objective.loss(x[1:2].detach(), labels[1:2]).item() == pytest.approx(values[1].item(), rel=1e-5)
-    untargeted = load_task(model_dir).loss(x.detach(), labels)
-    assert torch.allclose(values, -untargeted if targeted else untargeted)
+    if loss == "ce":
+        untargeted = load_task(model_dir, loss="ce").loss(x.detach(), labels)
+        assert torch.allclose(values, -untargeted if targeted else untargeted)
+
+
+def by_hand(loss, logits, labels, targeted):
+    """Each loss from its definition, pixel by pixel (module docstring of tasks.segmentation), and the score."""
+    losses, scores = [], []
+    for z, t in zip(logits, labels):
+        z, t = z.flatten(1).T, t.flatten()  # (pixels, classes), (pixels,)
+        keep = t != 255
+        z, t = z[keep], t[keep]
+        ce = torch.nn.functional.cross_entropy(z, t, reduction="none")
+        hit = z.argmax(1) == t
+        done = hit if targeted else ~hit
+        signed = -ce if targeted else ce
+        chosen = z.gather(1, t[:, None]).squeeze(1)
+        others = z.scatter(1, t[:, None], float("-inf")).amax(1)
+        if loss == "ce":
+            value = signed.mean()
+        elif loss == "ce_correct":
+            value = (signed * ~done).sum() / len(t)
+        elif loss == "ce_balanced":
+            value = torch.stack([(signed * ~done)[t == c].sum() / (t == c).sum() for c in t.unique()]).mean()
+        elif loss == "segpgd":
+            value = (signed * torch.where(done, 0.25, 0.75)).sum() / len(t)
+        else:
+            value = ((chosen - others) if targeted else (others - chosen)).clamp(max=0).mean()
+        losses.append(value)
+        scores.append(done.float().mean())
+    return torch.stack(losses), torch.stack(scores)
+
+
+def uneven_map(height, width):
+    """Classes of very different sizes (as background and small objects are): 0 almost everywhere, a 6x6 square
+    of 1, a 3-pixel-high band of 2, a 12x12 square of 3 and an unlabelled corner."""
+    labels = np.zeros((height, width), dtype=np.uint8)
+    labels[5:11, 5:11] = 1
+    labels[30:33, :] = 2
+    labels[40:52, 40:52] = 3
+    labels[:4, -4:] = 255
+    return labels
+
+
+@pytest.mark.parametrize("loss", SEGMENTATION_LOSSES)
+@pytest.mark.parametrize("targeted", [False, True])
+def test_each_loss_and_the_score_follow_their_definition(model_dir, images, loss, targeted):
+    objective = load_task(model_dir, targeted=targeted, loss=loss, adv_threshold=0.5)
+    x, labels = objective.prepare(images[:3], [uneven_map(64, 64), quadrant_map(64, 64), uneven_map(64, 64)])
+    batch = random_sparse_noise(x, 300, 0)
+    with torch.no_grad():
+        measured = objective.loss_success_score(batch, labels)
+        expected_loss, expected_score = by_hand(loss, objective.logits(batch), labels, targeted)
+    assert torch.allclose(measured.loss, expected_loss, atol=1e-5)
+    assert torch.allclose(measured.score, expected_score, atol=1e-6)
+    assert torch.equal(measured.success, expected_score >= 0.5)
 
 
 @pytest.mark.parametrize("targeted", [False, True])

@@ -19,7 +19,7 @@ import time
 import torch
 
 from evaluation.digits import digits_split, train_digits_cnn
-from hf_sparse_attack import as_objective, evaluate, kernels
+from hf_sparse_attack import Measurement, as_objective, kernels, measure
 from hf_sparse_attack.rs import SparseRS
 from hf_sparse_attack.saa import SparseAutoAttack
 
@@ -32,17 +32,17 @@ class TimedNeverSucceeds:
         self.objective = objective
         self.seconds = 0.0
 
-    def loss_and_success(self, x, targets):
+    def loss_success_score(self, x, targets):
         start = time.perf_counter()
-        loss, success = evaluate(self.objective, x, targets)
+        loss, success, score = measure(self.objective, x, targets)
         self.seconds += time.perf_counter() - start
-        return loss, torch.zeros_like(success)
+        return Measurement(loss, torch.zeros_like(success), score)
 
     def loss(self, x, targets):
-        return self.loss_and_success(x, targets)[0]
+        return self.loss_success_score(x, targets).loss
 
     def success(self, x, targets):
-        return self.loss_and_success(x, targets)[1]
+        return self.loss_success_score(x, targets).success
 
 
 def speed_table(model, x, y, args):

@@ -20,7 +20,7 @@ import torch
 
 from evaluation.digits import digits_split, train_digits_cnn
 from hf_sparse_attack import SparsePGD
-from hf_sparse_attack.objective import evaluate
+from hf_sparse_attack.objective import Measurement, measure
 
 VITS = {
     "micro": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
@@ -35,9 +35,9 @@ class NeverSucceeds:
     def __init__(self, objective):
         self.objective = objective
 
-    def loss_and_success(self, x, targets):
-        loss, success = evaluate(self.objective, x, targets)
-        return loss, torch.zeros_like(success)
+    def loss_success_score(self, x, targets):
+        loss, success, score = measure(self.objective, x, targets)
+        return Measurement(loss, torch.zeros_like(success), score)
 
     def loss(self, x, targets):
         return self.objective.loss(x, targets)
@@ -58,7 +58,7 @@ def floor_seconds(objective, x, targets, repeats):
         _sync(x.device)
         start = time.perf_counter()
         leaf = x.clone().requires_grad_(True)
-        loss, _ = evaluate(objective, leaf, targets)
+        loss = measure(objective, leaf, targets).loss
         torch.autograd.grad(loss.sum(), leaf)
         _sync(x.device)
         times.append(time.perf_counter() - start)
@@ -72,7 +72,7 @@ def iteration_seconds(objective, x, targets, steps, unprojected=True):
     _sync(x.device)
     start = time.perf_counter()
     with torch.no_grad():
-        evaluate(wrapped, x, targets)
+        measure(wrapped, x, targets)
     _sync(x.device)
     clean = time.perf_counter() - start
     start = time.perf_counter()
