@@ -7,7 +7,8 @@ mean and median L0 of the successful examples, per budget k.
     accelerate launch evaluation/eval_classification.py ...same flags...
 
 Records (``records.jsonl``): ``id``, ``k``, ``success``, ``l0``, ``iterations``, ``loss``, ``label``,
-``clean_prediction``, ``adversarial_prediction``. See :mod:`evaluation.runner` for the flags and the output dir.
+``clean_prediction``, ``adversarial_prediction``. The flags: :mod:`.harness.script_flags`; the run:
+:mod:`.harness.loop`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from evaluation.metrics import ClassificationRobustness
-from evaluation.pictures import Panel, perturbed_pixels
-from evaluation.runner import TaskSpec, build_parser, evaluate, run_script
+from hf_sparse_attack.evaluation.harness.command_line import run_script
+from hf_sparse_attack.evaluation.harness.loop import run_evaluation
+from hf_sparse_attack.evaluation.harness.metrics import ClassificationRobustness
+from hf_sparse_attack.evaluation.harness.pictures import Panel, perturbed_pixels
+from hf_sparse_attack.evaluation.harness.script_flags import build_parser
+from hf_sparse_attack.evaluation.harness.task_spec import TaskSpec
 
 
 class ClassificationSpec(TaskSpec):
@@ -62,8 +66,8 @@ SPEC = ClassificationSpec()
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    """Run the evaluation; returns the results on the main process (see :func:`evaluation.runner.evaluate`)."""
-    return run_script(build_parser(SPEC, __doc__), functools.partial(evaluate, SPEC), argv)
+    """Run the evaluation; returns the results on the main process (see :func:`~.harness.loop.run_evaluation`)."""
+    return run_script(build_parser(SPEC, __doc__), functools.partial(run_evaluation, SPEC), argv)
 
 
 if __name__ == "__main__":

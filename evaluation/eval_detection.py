@@ -10,9 +10,10 @@ images and the drop, per budget k (pycocotools COCOeval: exactly COCO's numbers)
 
 The attack aims to make every ground-truth object undetected: no detection of its label at IoU >=
 ``--iou_threshold`` with a score from ``--score_threshold`` (default 0.001, the floor of what mAP counts, so a sample
-stops early only when mAP can no longer see its objects); crowd boxes are kept for mAP only. mAP uses every detection (score threshold 0, at most 100 per image) in the original
-image's pixels. Records: ``id``, ``k``, ``success``, ``l0``, ``iterations``, ``loss``, ``ground_truth``,
-``clean_prediction``, ``adversarial_prediction`` (boxes COCO xywh, ``scores``, ``labels``).
+stops early only when mAP can no longer see its objects); crowd boxes are kept for mAP only. mAP uses every
+detection (score threshold 0, at most 100 per image) in the original image's pixels. Records: ``id``, ``k``,
+``success``, ``l0``, ``iterations``, ``loss``, ``ground_truth``, ``clean_prediction``, ``adversarial_prediction``
+(boxes COCO xywh, ``scores``, ``labels``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evaluation.metrics import DetectionRobustness
-from evaluation.pictures import Panel, perturbed_pixels
-from evaluation.runner import TaskSpec, build_parser, evaluate, run_script
-from tasks.detection import METRIC_FLOOR
+from hf_sparse_attack.evaluation.harness.command_line import run_script
+from hf_sparse_attack.evaluation.harness.loop import run_evaluation
+from hf_sparse_attack.evaluation.harness.metrics import DetectionRobustness
+from hf_sparse_attack.evaluation.harness.pictures import Panel, perturbed_pixels
+from hf_sparse_attack.evaluation.harness.script_flags import build_parser
+from hf_sparse_attack.evaluation.harness.task_spec import TaskSpec
+from hf_sparse_attack.tasks.detection import METRIC_FLOOR
 
 
 def xyxy_to_xywh(boxes: Tensor) -> Tensor:
@@ -112,8 +116,8 @@ SPEC = DetectionSpec()
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    """Run the evaluation; returns the results on the main process (see :func:`evaluation.runner.evaluate`)."""
-    return run_script(build_parser(SPEC, __doc__), functools.partial(evaluate, SPEC), argv)
+    """Run the evaluation; returns the results on the main process (see :func:`~.harness.loop.run_evaluation`)."""
+    return run_script(build_parser(SPEC, __doc__), functools.partial(run_evaluation, SPEC), argv)
 
 
 if __name__ == "__main__":

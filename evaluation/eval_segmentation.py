@@ -24,10 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evaluation.data import BadSample
-from evaluation.metrics import SegmentationRobustness, expand_counts, joint_counts
-from evaluation.pictures import Panel, perturbed_pixels
-from evaluation.runner import TaskSpec, build_parser, evaluate, run_script
+from hf_sparse_attack.evaluation.harness.command_line import run_script
+from hf_sparse_attack.evaluation.harness.data import BadSample
+from hf_sparse_attack.evaluation.harness.loop import run_evaluation
+from hf_sparse_attack.evaluation.harness.metrics import SegmentationRobustness, expand_counts, joint_counts
+from hf_sparse_attack.evaluation.harness.pictures import Panel, perturbed_pixels
+from hf_sparse_attack.evaluation.harness.script_flags import build_parser
+from hf_sparse_attack.evaluation.harness.task_spec import TaskSpec
 
 
 def reference_labels(objective: Any, label_map: np.ndarray) -> np.ndarray:
@@ -101,8 +104,8 @@ SPEC = SegmentationSpec()
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    """Run the evaluation; returns the results on the main process (see :func:`evaluation.runner.evaluate`)."""
-    return run_script(build_parser(SPEC, __doc__), functools.partial(evaluate, SPEC), argv)
+    """Run the evaluation; returns the results on the main process (see :func:`~.harness.loop.run_evaluation`)."""
+    return run_script(build_parser(SPEC, __doc__), functools.partial(run_evaluation, SPEC), argv)
 
 
 if __name__ == "__main__":

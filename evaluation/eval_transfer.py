@@ -10,7 +10,7 @@ Rows are the source models (``--model_name_or_path``, each attacked), columns th
 (``--target_models``, default the sources). A cell holds the attack success rate on the target among the samples
 the target classifies correctly (classification), the mAP drop (detection) or the mIoU drop (segmentation); the
 diagonal is the white-box result. Off the diagonal, images are resized to the target's input resolution by its
-image processor (see :mod:`evaluation.transfer`; ``all_results.json`` says so in ``note``). The task's flags are
+image processor (see :mod:`evaluation.harness.transfer`; ``all_results.json`` says so in ``note``). The task's flags are
 those of its evaluation script.
 """
 
@@ -19,15 +19,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from evaluation import eval_classification, eval_detection, eval_segmentation
-from evaluation.runner import Parser, build_parser, run_script
-from evaluation.transfer import transfer
+from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
+from hf_sparse_attack.evaluation.harness.command_line import Parser, run_script
+from hf_sparse_attack.evaluation.harness.script_flags import build_parser
+from hf_sparse_attack.evaluation.harness.transfer import transfer
 
 SPECS = {module.SPEC.task: module.SPEC for module in (eval_classification, eval_detection, eval_segmentation)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    """Run the transfer evaluation; returns the results on the main process (see :func:`evaluation.transfer`)."""
+    """Run the transfer evaluation; returns the results on the main process (see :mod:`.harness.transfer`)."""
     choose = Parser(add_help=False)
     choose.add_argument("--task", choices=sorted(SPECS), default="classification")
     spec = SPECS[choose.parse_known_args(argv)[0].task]

@@ -24,7 +24,7 @@ Layout of ``output_dir``::
     all_results.json        the configuration and final numbers; written last, it marks the training as finished
 
 A checkpoint is written into ``.step_N.tmp`` and renamed to ``step_N`` once complete, and the JSON files are
-written atomically (:func:`evaluation.records.write_json`), so a run killed at any moment leaves no partial
+written atomically (:func:`evaluation.harness.records.write_json`), so a run killed at any moment leaves no partial
 checkpoint and, killed during the final save, no ``all_results.json``. ``--resume_from_checkpoint OUT/step_N``
 (or ``latest``, the highest ``step_N`` in ``output_dir``) continues as if never interrupted, given the same flags
 and number of processes. An ``output_dir`` that holds outputs of a previous training is refused unless
@@ -55,10 +55,19 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
-import tasks
-from evaluation.data import Columns, DataError, EvalDataset, load_hf
-from evaluation.records import RESULTS_FILE, OutputDirError, RunDirectory, atomic_write, remove, write_json
-from evaluation.runner import Parser, UsageError, load_samples, prepare, run_script, setup, start_logging
+from hf_sparse_attack import tasks
+from hf_sparse_attack.evaluation.harness.batch import load_samples, prepare_batch
+from hf_sparse_attack.evaluation.harness.command_line import Parser, UsageError, run_script
+from hf_sparse_attack.evaluation.harness.data import Columns, DataError, EvalDataset, load_hf
+from hf_sparse_attack.evaluation.harness.processes import setup, start_logging
+from hf_sparse_attack.evaluation.harness.records import (
+    RESULTS_FILE,
+    OutputDirError,
+    RunDirectory,
+    atomic_write,
+    remove,
+    write_json,
+)
 from hf_sparse_attack.rng import sample_seed
 from hf_sparse_attack.training import GRADIENTS, TRAINING_LOSSES, SparseAdversarialTraining
 
@@ -114,6 +123,7 @@ def build_parser() -> Parser:
     previous.add_argument("--overwrite", action="store_true",
                           help="remove the outputs of a previous training from --output_dir (other files stay)")
     run.add_argument("--seed", type=int, default=0, help="seed of the data order, dropout and attacks")
+    run.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     run.add_argument("--num_threads", type=int, help="torch CPU threads (default 1 on CPU)")
     return parser
 
@@ -143,7 +153,7 @@ def check_args(args: argparse.Namespace) -> SparseAdversarialTraining:
 def load_batch(objective: Any, dataset: EvalDataset, positions: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """Pixels, labels and sample ids of ``positions``; a sample that cannot be used is skipped with a warning."""
     samples, skipped = load_samples(dataset, positions)
-    samples, x, y, rejected = prepare(objective, samples, lambda sample: sample.annotation)
+    samples, x, y, rejected = prepare_batch(objective, samples, lambda sample: sample.annotation)
     for record in skipped + rejected:
         logger.warning("skipping sample %s: %s", record["id"], record["skipped"], main_process_only=False)
     if not samples:

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .losses import check_loss_name
 from .structure import Structure, check_kernel
+from .validation import check_positive_int
 
 KernelSpec = tuple[tuple[int, ...], ...]
 
@@ -26,6 +28,29 @@ def freeze_kernel(kernel: Any) -> KernelSpec | None:
             raise ValueError(f"kernel must be a binary 2-D tensor, got {type(kernel).__name__}") from None
     checked = check_kernel(kernel)
     return tuple(tuple(int(v) for v in row) for row in checked.tolist())
+
+
+def check_config(config: Any, positive: tuple[str, ...], flags: tuple[str, ...]) -> None:
+    """The checks every attack config shares, in ``__post_init__``: the ``positive`` fields are positive integers,
+    the ``flags`` are booleans, ``seed`` is an integer, ``loss`` (when the config has one and it is set) is a known
+    classification loss, and ``kernel`` is stored frozen. Each raises ``ValueError`` naming the field.
+
+    >>> from hf_sparse_attack import SparseRS
+    >>> SparseRS(k=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be a positive integer, got 0
+    """
+    for name in positive:
+        check_positive_int(name, getattr(config, name))
+    if not isinstance(config.seed, int) or isinstance(config.seed, bool):
+        raise ValueError(f"seed must be an integer, got {config.seed!r}")
+    for name in flags:
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(config, name)!r}")
+    if getattr(config, "loss", None) is not None:
+        check_loss_name(config.loss)
+    object.__setattr__(config, "kernel", freeze_kernel(config.kernel))
 
 
 def build_structure(kernel: KernelSpec | None, stride: int, height: int, width: int) -> Structure | None:

@@ -30,12 +30,11 @@ import torch
 from torch import Tensor
 
 from . import rng
-from .config import KernelSpec, build_structure, freeze_kernel
-from .losses import check_loss_name
+from .config import KernelSpec, build_structure, check_config
 from .objective import as_objective, measure, require_finite, select
 from .result import AttackResult, assemble
 from .structure import Structure
-from .validation import check_images, check_positive_int, check_range, check_targets
+from .validation import check_images, check_range, check_targets
 
 MODES = ("pixels", "patch")
 
@@ -82,8 +81,6 @@ class SparseRS:
             its own loss.
         targeted: plain classifiers only; ``targets`` are then target classes and success means hitting them.
         seed: base seed; each sample's draws come from ``(seed, sample id)``.
-        quantize: kept for the shared vocabulary of attack configs: Sparse-RS always satisfies it, as corner
-            colours (0 or 1 per channel) lie on the 8-bit grid.
         kernel: binary 2-D kernel for structured sparsity; ``k`` then counts placements on a grid of step
             ``stride``, and the search swaps placements instead of pixels.
         stride: placement grid step for ``kernel``.
@@ -97,28 +94,17 @@ class SparseRS:
     loss: str | None = None
     targeted: bool = False
     seed: int = 0
-    quantize: bool = True
     kernel: KernelSpec | None = None
     stride: int = 1
     mode: str = "pixels"
 
     def __post_init__(self) -> None:
-        check_positive_int("k", self.k)
-        check_positive_int("queries", self.queries)
+        check_config(self, positive=("k", "queries", "stride"), flags=("targeted",))
         check_range("p_init", self.p_init, 0.0, 1.0, low_open=True)
-        check_positive_int("stride", self.stride)
-        if self.loss is not None:
-            check_loss_name(self.loss)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("targeted", "quantize"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; allowed: {list(MODES)}")
         if self.mode == "patch" and self.kernel is not None:
             raise ValueError("mode='patch' searches one square patch; it takes no kernel (use mode='pixels')")
-        object.__setattr__(self, "kernel", freeze_kernel(self.kernel))
 
     def __call__(self, model: Any, x: Tensor, targets: Any, ids: Sequence[int] | Tensor | None = None) -> AttackResult:
         """Attack the batch ``x (B, C, H, W)`` in ``[0, 1]``; ``ids`` (default positions) seed each sample."""

@@ -24,14 +24,13 @@ import torch
 from torch import Tensor
 
 from . import rng
-from .config import KernelSpec, build_structure, freeze_kernel
-from .losses import check_loss_name
+from .config import KernelSpec, build_structure, check_config
 from .objective import as_objective, measure, require_finite, select
 from .result import AttackResult, AuditError, assemble, audit
 from .rs import SparseRS
 from .spgd import SparsePGD
 from .structure import Structure
-from .validation import check_images, check_positive_int, check_targets
+from .validation import check_images, check_targets
 
 Attack = Union[SparsePGD, SparseRS]
 
@@ -89,7 +88,8 @@ class SparseAutoAttack:
         targeted: plain classifiers only; ``targets`` are then target classes.
         kernel: binary kernel for structured sparsity; ``k`` counts placements on a grid of step ``stride``.
         stride: placement grid step for ``kernel``.
-        quantize: the preset stages keep perturbed values on the 8-bit grid.
+        quantize: the preset sPGD stages keep perturbed values on the 8-bit grid (Sparse-RS always does: its colours
+            are corners of the colour cube).
     """
 
     k: int
@@ -103,22 +103,13 @@ class SparseAutoAttack:
     quantize: bool = True
 
     def __post_init__(self) -> None:
-        check_positive_int("k", self.k)
-        check_positive_int("stride", self.stride)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("targeted", "quantize"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        check_config(self, positive=("k", "stride"), flags=("targeted", "quantize"))
         if self.version not in VERSIONS:
             raise ValueError(f"unknown version {self.version!r}; allowed: {list(VERSIONS)}")
-        object.__setattr__(self, "kernel", freeze_kernel(self.kernel))
         if self.version != "custom":
             if self.attacks is not None:
                 raise ValueError(f"attacks= lists the stages of a custom cascade; pass version='custom' with it "
                                  f"(version={self.version!r} is a preset with its own stages)")
-            if self.loss is not None:
-                check_loss_name(self.loss)
             return
         if self.loss is not None:
             raise ValueError("loss= configures the preset stages; a custom cascade takes each loss from its configs")
@@ -140,8 +131,9 @@ class SparseAutoAttack:
             configs = self.attacks
         else:
             shared = {"k": self.k, "loss": self.loss, "targeted": self.targeted, "kernel": self.kernel,
-                      "stride": self.stride, "quantize": self.quantize}
-            configs = tuple(cls(**shared, **settings) for cls, settings in PRESETS[self.version])
+                      "stride": self.stride}
+            configs = tuple(cls(**shared, **settings, **({"quantize": self.quantize} if cls is SparsePGD else {}))
+                            for cls, settings in PRESETS[self.version])
         return tuple(dataclasses.replace(attack, seed=rng.sample_seed(self.seed, i, _STREAM))
                      for i, attack in enumerate(configs, 1))
 

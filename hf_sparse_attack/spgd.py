@@ -26,8 +26,7 @@ import torch
 from torch import Tensor
 
 from . import rng
-from .config import KernelSpec, build_structure, freeze_kernel
-from .losses import check_loss_name
+from .config import KernelSpec, build_structure, check_config
 from .objective import as_objective, measure, require_finite, select
 from .result import AttackResult, assemble
 from .validation import check_images, check_positive_int, check_range, check_targets
@@ -87,21 +86,10 @@ class SparsePGD:
     quantize: bool = True
 
     def __post_init__(self) -> None:
-        check_positive_int("k", self.k)
-        check_positive_int("steps", self.steps)
+        check_config(self, positive=("k", "steps", "patience", "stride"), flags=("unprojected", "targeted", "quantize"))
         check_range("epsilon", self.epsilon, 0.0, 1.0, low_open=True)
         check_range("alpha", self.alpha, 0.0, 1.0, low_open=True)
         check_range("beta", self.beta, 0.0, float("inf"), low_open=True)
-        check_positive_int("patience", self.patience)
-        check_positive_int("stride", self.stride)
-        if self.loss is not None:
-            check_loss_name(self.loss)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("unprojected", "targeted", "quantize"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        object.__setattr__(self, "kernel", freeze_kernel(self.kernel))
 
     def __call__(self, model: Any, x: Tensor, targets: Any, ids: Sequence[int] | Tensor | None = None) -> AttackResult:
         """Attack the batch ``x (B, C, H, W)`` in ``[0, 1]``; ``ids`` (default positions) seed each sample."""

@@ -37,7 +37,7 @@ class TaskObjective(ABC):
     Attributes:
         task: ``"classification"``, ``"detection"`` or ``"segmentation"``.
         model: the Hugging Face model (eval mode, frozen parameters when built by :func:`tasks.load_task`).
-        processor: its image processor (used for resize/crop/pad only; see :mod:`tasks.pixels`).
+        processor: its image processor (used for resize/crop/pad only; see :mod:`hf_sparse_attack.tasks.pixels`).
         name_or_path: where the model came from (Hub name or directory), for reports.
         options: the adapter's frozen options dataclass (loss, thresholds, ...), printable and comparable.
         normalize: the processor's rescale and normalisation in torch, applied in every forward pass.

@@ -48,7 +48,7 @@ class ClassificationOptions:
 
 
 class ClassificationObjective(TaskObjective):
-    """Classifier objective over pixels in ``[0, 1]`` (see :class:`tasks.base.TaskObjective`)."""
+    """Classifier objective over pixels in ``[0, 1]`` (see :class:`hf_sparse_attack.tasks.base.TaskObjective`)."""
 
     task = "classification"
     options_class = ClassificationOptions

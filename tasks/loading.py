@@ -21,7 +21,7 @@ from safetensors files only unless ``allow_pickle_weights=True``.
 >>> load_task("./no/such/model")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-tasks.loading.TaskLoadError: model directory './no/such/model' does not exist ...
+hf_sparse_attack.tasks.loading.TaskLoadError: model directory './no/such/model' does not exist ...
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def load_task(
         options: the adapter's options: classification ``loss`` (``"ce"``, ``"margin"``, ``"dlr"``) and
             ``targeted``; detection ``loss`` (:data:`tasks.detection.DETECTION_LOSSES`), ``score_threshold``,
             ``iou_threshold``, ``target_threshold``; segmentation ``loss``
-            (:data:`tasks.segmentation.SEGMENTATION_LOSSES`), ``targeted``, ``adv_threshold``,
+            (:data:`hf_sparse_attack.tasks.segmentation.SEGMENTATION_LOSSES`), ``targeted``, ``adv_threshold``,
             ``ignore_index``.
 
     Returns the objective with the model in eval mode and its parameters frozen. Raises :class:`TaskLoadError`.
@@ -163,7 +163,7 @@ def check_model(
     >>> check_model("./no/such/model")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    tasks.loading.TaskLoadError: model directory './no/such/model' does not exist ...
+    hf_sparse_attack.tasks.loading.TaskLoadError: model directory './no/such/model' does not exist ...
     """
     source = os.fspath(name_or_path)
     local = _local_directory(source)

@@ -65,8 +65,9 @@ _SEGPGD_WEIGHT = 0.25
 
 @dataclass(frozen=True)
 class SegmentationOptions:
-    """``loss``: one of :data:`SEGMENTATION_LOSSES`; ``targeted``: targets are target maps; ``adv_threshold``: fraction of labelled pixels
-    to fool (or to turn into the target) for success; ``ignore_index``: label of unlabelled pixels."""
+    """``loss``: one of :data:`SEGMENTATION_LOSSES`; ``targeted``: targets are target maps; ``adv_threshold``:
+    fraction of labelled pixels to fool (or to turn into the target) for success; ``ignore_index``: label of
+    unlabelled pixels."""
 
     loss: str = "ce_balanced"
     targeted: bool = False

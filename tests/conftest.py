@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_models import photo_crops, tiny_detr, tiny_segformer
 
-from evaluation.digits import digits_split, train_digits_cnn
-from tasks import load_task
+from hf_sparse_attack.evaluation.testdata.digits import digits_split, train_digits_cnn
+from hf_sparse_attack.tasks import load_task
 
 
 @pytest.fixture(scope="session")

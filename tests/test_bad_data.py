@@ -15,9 +15,9 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
-from evaluation import eval_classification, eval_detection, eval_segmentation
-from evaluation.embedded import model_path
-from evaluation.shapes import classification_sample, shapes_sample
+from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
+from hf_sparse_attack.evaluation.embedded import model_path
+from hf_sparse_attack.evaluation.testdata.shapes import classification_sample, shapes_sample
 
 torch.set_num_threads(1)
 

@@ -19,11 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation import cli
-from evaluation.embedded import model_path
-from evaluation.records import load_png
-from evaluation.shapes import TEST_SEED, classification_sample, shapes_sample
-from tasks import load_task
+from hf_sparse_attack import AuditError, SparsePGD
+from hf_sparse_attack.evaluation.command import cli
+from hf_sparse_attack.evaluation.embedded import model_path
+from hf_sparse_attack.evaluation.harness.command_line import Parser, UsageError, run_script
+from hf_sparse_attack.evaluation.harness.records import load_png
+from hf_sparse_attack.evaluation.testdata.shapes import TEST_SEED, classification_sample, shapes_sample
+from hf_sparse_attack.tasks import load_task
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -267,6 +269,40 @@ def test_errors_are_one_line_with_exit_code_2(argv, message, images, tmp_path, c
 def test_debug_shows_the_exception():
     with pytest.raises(ValueError, match="unknown command"):
         cli.main(["--debug", "bogus"])
+    with pytest.raises(SystemExit):  # --debug holds for its own call only
+        cli.main(["bogus"])
+
+
+def test_a_bug_is_one_line_with_exit_code_1_and_its_traceback_with_debug(images, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise AuditError("budget exceeded: 5 > k=4")  # what a broken attack would raise
+
+    monkeypatch.setattr(SparsePGD, "__call__", broken)
+    argv = ["attack", str(images), "--model_name_or_path", str(model_path("classifier")),
+            "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(err) == 1 and "a bug" in err[0] and "AuditError: budget exceeded" in err[0] and "--debug" in err[0]
+    with pytest.raises(AuditError, match="budget exceeded"):
+        cli.main(["--debug", *argv[:-1], str(tmp_path / "again")])
+
+
+def test_scripts_share_the_exit_code_policy(capsys):
+    parser = Parser(prog="script")
+    parser.add_argument("--debug", action="store_true")
+    for error, code in ((UsageError("bad flag"), 2), (ValueError("bad value"), 2), (KeyError("oops"), 1)):
+        def body(args, error=error):
+            raise error
+
+        with pytest.raises(SystemExit) as exit_info:
+            run_script(parser, body, [])
+        assert exit_info.value.code == code
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("a bug" in err) == (code == 1)
+    with pytest.raises(KeyError):
+        run_script(parser, body, ["--debug"])
 
 
 @pytest.mark.parametrize("command, expected", [

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation.data import BadSample, CocoDataset, Columns, DataError, HFDataset, load_hf
+from hf_sparse_attack.evaluation.harness.data import BadSample, CocoDataset, Columns, DataError, HFDataset, load_hf
 
 SIZE = (12, 16)  # height, width
 BOXES = [[[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 10.0, 6.0]], [], [[2.0, 2.0, 5.0, 5.0]]]

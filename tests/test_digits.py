@@ -4,8 +4,8 @@ import pytest
 import torch
 from attack_checks import assert_valid_result
 
-from evaluation.digits import digits_split
 from hf_sparse_attack import SparsePGD
+from hf_sparse_attack.evaluation.testdata.digits import digits_split
 
 torch.set_num_threads(1)
 

@@ -1,7 +1,7 @@
 """The shipped models (evaluation/embedded/models) and the shapes generator they were trained on.
 
 The models are loaded by path through ``tasks.load_task`` and measured on freshly generated held-out images
-(:data:`evaluation.shapes.TEST_SEED`, never used in training) with the library's own adapters: the numbers are
+(:data:`evaluation.testdata.shapes.TEST_SEED`, never used in training) with the library's own adapters: the numbers are
 what an attack's clean baseline sees. Thresholds are the bars of issue 7; the shipped models' numbers on larger
 held-out sets are in ``evaluation/embedded/README.md``.
 """
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation import shapes
-from evaluation.embedded import MODELS, load, model_path
-from evaluation.embedded.quality import classification_quality, detection_quality, segmentation_quality
+from hf_sparse_attack.evaluation.embedded import MODELS, load, model_path
+from hf_sparse_attack.evaluation.embedded.quality import classification_quality, detection_quality, segmentation_quality
+from hf_sparse_attack.evaluation.testdata import shapes
 
 N_IMAGES = 100
 #: Stream for these tests: held-out, and not the images the README numbers were measured on.

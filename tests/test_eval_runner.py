@@ -7,10 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation import eval_classification
-from evaluation.records import OutputDirError, RunDirectory
-from evaluation.runner import UsageError, attack_configs, build_parser, parse_kernel, settings
 from hf_sparse_attack import SparseAutoAttack, SparsePGD, SparseRS, kernels
+from hf_sparse_attack.evaluation import eval_classification
+from hf_sparse_attack.evaluation.harness.attack_flags import attack_configs, parse_kernel
+from hf_sparse_attack.evaluation.harness.command_line import UsageError
+from hf_sparse_attack.evaluation.harness.records import OutputDirError, RunDirectory
+from hf_sparse_attack.evaluation.harness.script_flags import build_parser, settings
 
 REQUIRED = ["--model_name_or_path", "m", "--output_dir", "o", "--dataset_name", "d"]
 

@@ -26,9 +26,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tiny_models import photo_crops, tiny_conditional_detr, tiny_resnet, tiny_segformer, tiny_vit
 
-from evaluation import eval_classification, eval_detection, eval_segmentation, eval_transfer
-from evaluation.records import load_png
-from tasks import load_task
+from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation, eval_transfer
+from hf_sparse_attack.evaluation.harness.records import load_png
+from hf_sparse_attack.tasks import load_task
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +180,8 @@ def test_resume_after_interruption_gives_the_uninterrupted_results(root, argumen
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from evaluation import eval_classification, records
+from hf_sparse_attack.evaluation import eval_classification
+from hf_sparse_attack.evaluation.harness import records
 
 write = records.atomic_write
 def dying_write(path, data):  # SIGKILL this process halfway through writing the second batch's records
@@ -291,7 +292,7 @@ def test_transfer_matrix_diagonal_is_the_white_box_run(single, root, arguments, 
 
 DRIVER = """
 import json, sys
-from evaluation import eval_classification, eval_detection, eval_segmentation, eval_transfer
+from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation, eval_transfer
 scripts = {"classification": eval_classification, "detection": eval_detection, "segmentation": eval_segmentation,
            "transfer": eval_transfer}
 for name, argv in json.loads(sys.argv[1]):  # one launch, one process group, four scripts

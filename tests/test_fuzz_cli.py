@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from evaluation import cli
-from evaluation.demo import write_dataset
-from evaluation.embedded import model_path
-from evaluation.shapes import classification_sample
+from hf_sparse_attack.evaluation.command import cli
+from hf_sparse_attack.evaluation.command.demo import write_dataset
+from hf_sparse_attack.evaluation.embedded import model_path
+from hf_sparse_attack.evaluation.testdata.shapes import classification_sample
 
 torch.set_num_threads(1)
 

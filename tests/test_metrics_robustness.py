@@ -10,7 +10,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from evaluation.metrics import (
+from hf_sparse_attack.evaluation.harness.metrics import (
     ClassificationRobustness,
     DetectionRobustness,
     SegmentationRobustness,

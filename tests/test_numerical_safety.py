@@ -13,7 +13,7 @@ from attack_checks import assert_valid_result
 from torch import nn
 
 from hf_sparse_attack import NonFiniteModelError, SparseAdversarialTraining, SparseAutoAttack, SparsePGD, SparseRS
-from tasks import TaskLoadError, load_task
+from hf_sparse_attack.tasks import TaskLoadError, load_task
 
 torch.set_num_threads(1)
 

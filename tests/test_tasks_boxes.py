@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers.loss.loss_for_object_detection import generalized_box_iou as reference_giou
 
-from tasks.boxes import box_area, box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
-from tasks.matching import match_queries
+from hf_sparse_attack.tasks.boxes import box_area, box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
+from hf_sparse_attack.tasks.matching import match_queries
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ from attack_checks import assert_valid_result
 from tiny_models import CLASSIFIERS, RESOLUTION, photo_crops, random_sparse_noise
 
 from hf_sparse_attack import SparsePGD
-from tasks import ClassificationObjective, load_task
+from hf_sparse_attack.tasks import ClassificationObjective, load_task
 
 torch.set_num_threads(1)
 

@@ -7,9 +7,9 @@ from attack_checks import assert_valid_result
 from tiny_models import DETECTORS, photo_crops, random_sparse_noise
 
 from hf_sparse_attack import SparsePGD
-from tasks import DetectionObjective, load_task
-from tasks.detection import DETECTION_LOSSES
-from tasks.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from hf_sparse_attack.tasks import DetectionObjective, load_task
+from hf_sparse_attack.tasks.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from hf_sparse_attack.tasks.detection import DETECTION_LOSSES
 
 torch.set_num_threads(1)
 
@@ -202,14 +202,14 @@ def test_sparse_pgd_beats_random_noise_of_the_same_budget(model_dirs, images, fa
 def shapes_detector():
     """The embedded Conditional DETR (trained, so its detections mean something) and two held-out images with
     their ground truth, the first with at least two objects."""
-    from evaluation.embedded import load
-    from evaluation.shapes import shapes_batch
+    from hf_sparse_attack.evaluation.embedded import load
+    from hf_sparse_attack.evaluation.testdata.shapes import shapes_batch
 
     objective = load("detector")
     images, annotations = shapes_batch(12)
     chosen = [i for i, a in enumerate(annotations) if len(a["labels"]) >= 2][:2]
-    x, targets = objective.prepare([images[i] for i in chosen],
-                                   [{"boxes": annotations[i]["boxes"], "labels": annotations[i]["labels"]} for i in chosen])
+    truth = [{"boxes": annotations[i]["boxes"], "labels": annotations[i]["labels"]} for i in chosen]
+    x, targets = objective.prepare([images[i] for i in chosen], truth)
     return objective, x, targets
 
 

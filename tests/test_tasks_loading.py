@@ -9,7 +9,7 @@ import torch
 import transformers as hf
 from tiny_models import tiny_conditional_detr, tiny_detr, tiny_segformer, tiny_vit
 
-from tasks import (
+from hf_sparse_attack.tasks import (
     SUPPORTED,
     ClassificationObjective,
     ClassificationOptions,

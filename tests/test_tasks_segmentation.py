@@ -7,8 +7,8 @@ from attack_checks import assert_valid_result
 from tiny_models import RESOLUTION, photo_crops, random_sparse_noise, tiny_segformer
 
 from hf_sparse_attack import SparsePGD
-from tasks import SegmentationObjective, load_task
-from tasks.segmentation import SEGMENTATION_LOSSES
+from hf_sparse_attack.tasks import SegmentationObjective, load_task
+from hf_sparse_attack.tasks.segmentation import SEGMENTATION_LOSSES
 
 torch.set_num_threads(1)
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from tiny_models import photo_crops, tiny_vit
 from torch import nn
 
-from evaluation.digits import digits_split
 from hf_sparse_attack import SparsePGD
+from hf_sparse_attack.evaluation.testdata.digits import digits_split
 from hf_sparse_attack.training import SparseAdversarialTraining, frozen, perturb, sat_loss, strades_loss
 
 torch.set_num_threads(1)
@@ -146,8 +146,8 @@ def weights(directory):
 
 
 def test_script_trains_checkpoints_and_resumes_to_the_same_weights(setup):
-    import tasks
-    from evaluation.train_sparse_adversarial import main
+    from hf_sparse_attack import tasks
+    from hf_sparse_attack.evaluation.train_sparse_adversarial import main
 
     tmp, model = setup
     full = tmp / "full"
@@ -182,7 +182,7 @@ def test_script_trains_checkpoints_and_resumes_to_the_same_weights(setup):
 
 KILLER = """
 import os, signal, sys
-from evaluation import train_sparse_adversarial
+from hf_sparse_attack.evaluation import train_sparse_adversarial
 
 replace = os.replace
 def dying_replace(source, target):  # SIGKILL this process as the complete step_4 checkpoint is renamed into place
@@ -195,7 +195,7 @@ train_sparse_adversarial.main(sys.argv[1:])
 
 
 def test_a_training_killed_by_sigkill_resumes_to_the_weights_of_an_uninterrupted_one(setup, tmp_path):
-    from evaluation.train_sparse_adversarial import main
+    from hf_sparse_attack.evaluation.train_sparse_adversarial import main
 
     tmp, model = setup
     flags = ["--max_train_steps", "5", "--checkpointing_steps", "2"]
@@ -216,8 +216,7 @@ def test_a_training_killed_by_sigkill_resumes_to_the_weights_of_an_uninterrupted
 
 
 def test_two_process_accelerate_launch_on_cpu_completes_and_the_model_loads(setup):
-    import tasks
-
+    from hf_sparse_attack import tasks
     tmp, model = setup
     out = tmp / "two_processes"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -241,7 +240,7 @@ def test_two_process_accelerate_launch_on_cpu_completes_and_the_model_loads(setu
     (["--overwrite", "--resume_from_checkpoint", "latest"], "not allowed with"),
 ])
 def test_script_usage_errors_exit_with_code_2(setup, tmp_path, extra, message, capsys):
-    from evaluation.train_sparse_adversarial import main
+    from hf_sparse_attack.evaluation.train_sparse_adversarial import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(arguments(setup[1], tmp_path / "no_data", tmp_path / "out", *extra))
@@ -259,7 +258,7 @@ FINISHED = ("--max_train_steps", "2", "--checkpointing_steps", "1")
 @pytest.fixture(scope="module")
 def finished(setup):
     """The output directory of a finished 2-step training with the checkpoint ``step_1`` (copy it to change it)."""
-    from evaluation.train_sparse_adversarial import main
+    from hf_sparse_attack.evaluation.train_sparse_adversarial import main
 
     tmp, model = setup
     main(arguments(model, tmp / "data", tmp / "finished", *FINISHED))
@@ -273,7 +272,7 @@ def temporary(directory):
 
 def exit_line(capsys, argv):
     """The one stderr line of ``main(argv)`` exiting with code 2."""
-    from evaluation.train_sparse_adversarial import main
+    from hf_sparse_attack.evaluation.train_sparse_adversarial import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -285,7 +284,7 @@ def exit_line(capsys, argv):
 
 def test_a_finished_output_dir_is_kept_without_overwrite_and_overwrite_keeps_other_files(setup, finished,
                                                                                           tmp_path, capsys):
-    from evaluation.train_sparse_adversarial import main
+    from hf_sparse_attack.evaluation.train_sparse_adversarial import main
 
     tmp, model = setup
     assert {"step_1", "all_results.json", "trainer_state.json"} <= {p.name for p in finished.iterdir()}
@@ -361,7 +360,7 @@ def test_the_output_dir_cannot_be_the_model_directory(setup, tmp_path, capsys):
 
 
 def test_resume_ignores_and_replaces_checkpoints_cut_short(setup, finished, tmp_path):
-    from evaluation.train_sparse_adversarial import STATE_DIR, main
+    from hf_sparse_attack.evaluation.train_sparse_adversarial import STATE_DIR, main
 
     tmp, model = setup
     out = tmp_path / "killed"
@@ -382,7 +381,7 @@ def test_resume_ignores_and_replaces_checkpoints_cut_short(setup, finished, tmp_
 
 
 def test_a_run_killed_during_the_final_save_leaves_no_results(setup, finished, tmp_path, monkeypatch):
-    import evaluation.train_sparse_adversarial as script
+    import hf_sparse_attack.evaluation.train_sparse_adversarial as script
 
     tmp, model = setup
     out = shutil.copytree(finished, tmp_path / "out")  # a resumed run: the earlier all_results.json must go too

@@ -9,9 +9,9 @@ DIR is a folder holding their ``spgd.py`` (``git show HEAD:autoattack/spgd.py`` 
 from there, never copied into this repository. Their file imports ``skimage.util.random_noise`` without using it in
 the attack: install scikit-image, or put a stub ``skimage/util.py`` (``random_noise = None``) in DIR.
 
-Models: the standard digits CNN (:func:`evaluation.digits.train_digits_cnn`) and the same CNN trained with our sAT
-at k=2 (:func:`evaluation.benchmarks.bench_training.train`, 40 epochs, about 2 minutes). Both attacks get the same
-hyper-parameters (epsilon 1, alpha 0.25, beta 0.25, patience 3, CE loss) and the same seeds: ours ``seed=s``, theirs
+Models: the standard digits CNN (:func:`evaluation.testdata.digits.train_digits_cnn`) and the same CNN trained with
+our sAT at k=2 (:func:`evaluation.benchmarks.bench_training.train`, 40 epochs, about 2 minutes). Both attacks get
+the same hyper-parameters (epsilon 1, alpha 0.25, beta 0.25, patience 3, CE loss) and the same seeds: ours ``seed=s``, theirs
 ``torch.manual_seed(s)`` before the call, run alternately per seed. A cell is the median over the seeds of the robust
 accuracy (correct on the clean image and not fooled, over all test images; theirs is judged by classifying their
 returned images), with the seeds' range in brackets. "ours" uses ``quantize=False`` like theirs (no 8-bit rounding);
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from evaluation.benchmarks.bench_training import train
-from evaluation.digits import digits_split, train_digits_cnn
 from hf_sparse_attack import SparsePGD
+from hf_sparse_attack.evaluation.benchmarks.bench_training import train
+from hf_sparse_attack.evaluation.testdata.digits import digits_split, train_digits_cnn
 from hf_sparse_attack.training import SparseAdversarialTraining
 
 

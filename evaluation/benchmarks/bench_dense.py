@@ -6,7 +6,8 @@
     python evaluation/benchmarks/bench_dense.py --tasks detection --budgets 0.5 --attacks spgd100 \\
         --losses hungarian targets
 
-Held-out generated images (:mod:`evaluation.shapes`, seed ``--seed``, default the embedded models' test seed) are
+Held-out generated images (:mod:`evaluation.testdata.shapes`, seed ``--seed``, default the embedded models' test
+seed) are
 prepared by each model's processor, attacked in batches, and scored exactly as the evaluation scripts score them:
 COCO mAP@50 and mAP by pycocotools on the detections in the original image (every detection, score threshold 0),
 mIoU and pixel accuracy by torchmetrics. ``k`` is a percentage of the pixels of the model's input (64x64: 0.5% =
@@ -23,13 +24,13 @@ from collections.abc import Callable
 
 import torch
 
-from evaluation.embedded import load
-from evaluation.eval_detection import xyxy_to_xywh
-from evaluation.metrics import DetectionRobustness, SegmentationRobustness
-from evaluation.shapes import TEST_SEED, shapes_batch
 from hf_sparse_attack import SparseAutoAttack, SparsePGD, SparseRS
-from tasks.detection import DETECTION_LOSSES
-from tasks.segmentation import SEGMENTATION_LOSSES
+from hf_sparse_attack.evaluation.embedded import load
+from hf_sparse_attack.evaluation.eval_detection import xyxy_to_xywh
+from hf_sparse_attack.evaluation.harness.metrics import DetectionRobustness, SegmentationRobustness
+from hf_sparse_attack.evaluation.testdata.shapes import TEST_SEED, shapes_batch
+from hf_sparse_attack.tasks.detection import DETECTION_LOSSES
+from hf_sparse_attack.tasks.segmentation import SEGMENTATION_LOSSES
 
 #: ``--attacks`` name -> attack config for a budget k.
 ATTACKS: dict[str, Callable[[int, int], object]] = {
@@ -72,7 +73,7 @@ def measure_row(task: str, loss: str, attack, data: list[tuple], start_id: int =
     else:
         metric = SegmentationRobustness(num_classes=objective.model.config.num_labels)
     seconds, sample_id = 0.0, start_id
-    for x, targets, sizes, annotations in data:
+    for x, targets, sizes, truth_boxes in data:
         ids = list(range(sample_id, sample_id + len(x)))
         sample_id += len(x)
         started = time.perf_counter()
@@ -80,8 +81,9 @@ def measure_row(task: str, loss: str, attack, data: list[tuple], start_id: int =
         seconds += time.perf_counter() - started
         if task == "detection":
             truth = [{"boxes": xyxy_to_xywh(torch.as_tensor(a["boxes"], dtype=torch.float64)).tolist(),
-                      "labels": list(a["labels"])} for a in annotations]
-            metric.update(ids, truth, _coco(objective, x, targets, sizes), _coco(objective, adversarial, targets, sizes))
+                      "labels": list(a["labels"])} for a in truth_boxes]
+            clean, attacked = (_coco(objective, v, targets, sizes) for v in (x, adversarial))
+            metric.update(ids, truth, clean, attacked)
         else:
             metric.update(objective.predict(x), objective.predict(adversarial), targets)
     values = metric.compute()

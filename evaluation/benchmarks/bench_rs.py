@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from evaluation.digits import digits_split, train_digits_cnn
 from hf_sparse_attack import Measurement, as_objective, kernels, measure
+from hf_sparse_attack.evaluation.testdata.digits import digits_split, train_digits_cnn
 from hf_sparse_attack.rs import SparseRS
 from hf_sparse_attack.saa import SparseAutoAttack
 

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from evaluation.digits import digits_split, train_digits_cnn
 from hf_sparse_attack import SparsePGD
+from hf_sparse_attack.evaluation.testdata.digits import digits_split, train_digits_cnn
 from hf_sparse_attack.objective import Measurement, measure
 
 VITS = {
@@ -84,8 +84,7 @@ def iteration_seconds(objective, x, targets, steps, unprojected=True):
 def vit_objective(size, device, image_size=224):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    import tasks
-
+    from hf_sparse_attack import tasks
     config = ViTConfig(image_size=image_size, patch_size=16, num_labels=10, **VITS[size])
     with tempfile.TemporaryDirectory() as tmp:
         ViTForImageClassification(config).save_pretrained(tmp)

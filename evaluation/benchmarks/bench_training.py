@@ -5,7 +5,7 @@ attacked at k=2 with Sparse-AutoAttack on the 449 held-out images.
     python evaluation/benchmarks/bench_training.py --version standard # the authors' 10000-step cascade (slow)
     python evaluation/benchmarks/bench_training.py --quick            # a smoke run
 
-Every model has the same architecture (:func:`evaluation.digits.digits_cnn`), initialisation, optimiser (Adam,
+Every model has the same architecture (:func:`evaluation.testdata.digits.digits_cnn`), initialisation, optimiser (Adam,
 learning rate 2e-3, batch 64) and number of epochs; sAT and sTRADES attack each batch with sPGD (k=2, 20 steps,
 patience 10, projected or unprojected gradient at random per batch) as in the authors' training recipe.
 """
@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from evaluation.digits import digits_cnn, digits_split
+from hf_sparse_attack.evaluation.testdata.digits import digits_cnn, digits_split
 from hf_sparse_attack.saa import SparseAutoAttack
 from hf_sparse_attack.training import SparseAdversarialTraining
 

@@ -1,14 +1,14 @@
 """Small models shipped inside the package, trained by the scripts next to this file on generated shapes.
 
 =============  =======================================  ================================================
-name           model                                    task (through :func:`tasks.load_task`)
+name           model                                    task (through :func:`hf_sparse_attack.tasks.load_task`)
 =============  =======================================  ================================================
 ``classifier`` ``ResNetForImageClassification`` 64x64   which shape: circle, square or triangle
 ``detector``   ``ConditionalDetrForObjectDetection``    boxes of 1-3 shapes (3 classes)
 ``segmenter``  ``SegformerForSemanticSegmentation``     background + 3 shape classes per pixel
 =============  =======================================  ================================================
 
-Data: :mod:`evaluation.shapes`; held-out quality and how each was trained: ``README.md`` in this folder and
+Data: :mod:`evaluation.testdata.shapes`; held-out quality and how each was trained: ``README.md`` in this folder and
 ``training_summary.json`` next to each model's weights.
 
 >>> MODELS["detector"]
@@ -49,7 +49,7 @@ def model_path(name: str) -> Path:
 
 def load(name: str, **options):
     """``tasks.load_task(model_path(name), **options)``: the shipped model as an attack objective."""
-    from tasks import load_task
+    from hf_sparse_attack.tasks import load_task
 
     return load_task(model_path(name), **options)
 

@@ -1,6 +1,7 @@
 """What the three training scripts of the embedded models share: arguments, batches, schedule, checkpoints.
 
-Training data is the :mod:`evaluation.shapes` stream :data:`~evaluation.shapes.TRAIN_SEED`, an endless supply of
+Training data is the :mod:`evaluation.testdata.shapes` stream :data:`~evaluation.testdata.shapes.TRAIN_SEED`, an endless
+supply of
 fresh images: step ``s`` uses samples ``s * batch_size`` to ``(s + 1) * batch_size - 1``, so a run is a function
 of its arguments (seeded initialisation, no shuffling state) and resumes exactly from a checkpoint. Threads
 default to 1 (on small shared CPUs more threads were measured to be slower, see ENVIRONMENT.md).
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger("evaluation.embedded")
+logger = logging.getLogger("hf_sparse_attack.evaluation.embedded")
 
 #: Where the shipped models live.
 MODELS_DIR = Path(__file__).resolve().parent / "models"

@@ -1,8 +1,8 @@
 """Held-out quality of the embedded models, measured through the :mod:`tasks` adapters (what the library sees).
 
 Each function takes an objective from :func:`tasks.load_task` (or an adapter built around a model being trained),
-generates ``n`` fresh images of the :mod:`evaluation.shapes` stream ``seed`` (default the held-out
-:data:`~evaluation.shapes.TEST_SEED`), runs ``objective.prepare`` and ``objective.predict`` in batches, and
+generates ``n`` fresh images of the :mod:`evaluation.testdata.shapes` stream ``seed`` (default the held-out
+:data:`~evaluation.testdata.shapes.TEST_SEED`), runs ``objective.prepare`` and ``objective.predict`` in batches, and
 returns a dict of metrics:
 
 - :func:`classification_quality`: ``accuracy``.
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.shapes import TEST_SEED, classification_batch, shapes_batch
+from hf_sparse_attack.evaluation.testdata.shapes import TEST_SEED, classification_batch, shapes_batch
 
 
 def _batches(n: int, batch_size: int):

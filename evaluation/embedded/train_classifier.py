@@ -2,7 +2,8 @@
 
     python -m evaluation.embedded.train_classifier          # writes evaluation/embedded/models/classifier
 
-Data: :func:`evaluation.shapes.classification_sample` (one circle, square or triangle on a textured background),
+Data: :func:`evaluation.testdata.shapes.classification_sample` (one circle, square or triangle on a textured
+background),
 the same visual world as the detector and segmenter, so the demo needs no other data. Model:
 ``ResNetForImageClassification`` with basic blocks, embedding 16, stages 16/32/64 of one block each; processor
 ``ViTImageProcessor`` resizing to 64x64 (no crop, which could cut the object) with ImageNet mean/std. AdamW lr 2e-3,
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
-from evaluation.shapes import CLASSES, TRAIN_SEED, classification_sample
+from hf_sparse_attack.evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
+from hf_sparse_attack.evaluation.testdata.shapes import CLASSES, TRAIN_SEED, classification_sample
 
 IMAGE_SIZE = 64
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weight_decay", type=float, default=1e-4)
     args = parser.parse_args(argv)
     setup(args)
-    from evaluation.embedded.quality import classification_quality
-    from tasks import ClassificationObjective
-    from tasks.pixels import Normalizer
+    from hf_sparse_attack.evaluation.embedded.quality import classification_quality
+    from hf_sparse_attack.tasks import ClassificationObjective
+    from hf_sparse_attack.tasks.pixels import Normalizer
 
     model, processor = build_model()
     model.train()

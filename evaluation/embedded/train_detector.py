@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
-from evaluation.shapes import CLASSES, TRAIN_SEED, shapes_sample
+from hf_sparse_attack.evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
+from hf_sparse_attack.evaluation.testdata.shapes import CLASSES, TRAIN_SEED, shapes_sample
 
 IMAGE_SIZE = 64
 
@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_grad_norm", type=float, default=0.1)
     args = parser.parse_args(argv)
     setup(args)
-    from evaluation.embedded.quality import detection_quality
-    from tasks import DetectionObjective
-    from tasks.pixels import Normalizer
+    from hf_sparse_attack.evaluation.embedded.quality import detection_quality
+    from hf_sparse_attack.tasks import DetectionObjective
+    from hf_sparse_attack.tasks.pixels import Normalizer
 
     model, processor = build_model()
     swap_norms(model, trainable=True)

@@ -6,7 +6,7 @@ Recipe (measured in ENVIRONMENT.md to converge fast on CPU): hidden sizes 16/32/
 heads 1/1/2/4, strides 4/2/2/2, reduction ratios 8/4/2/1, decoder 64 (0.46 M parameters); AdamW lr 1e-3, weight
 decay 0.01, batch 32, 100 warm-up steps, learning rate x0.1 at 80% of the steps. The loss is the model's own
 pixel cross-entropy (logits upsampled to the label map). Label maps: 0 background, ``1 + class id`` (see
-:mod:`evaluation.shapes`). Checkpoints go to ``--checkpoint_dir`` and a rerun resumes from them.
+:mod:`evaluation.testdata.shapes`). Checkpoints go to ``--checkpoint_dir`` and a rerun resumes from them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
-from evaluation.shapes import SEGMENTATION_CLASSES, TRAIN_SEED, shapes_sample
+from hf_sparse_attack.evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
+from hf_sparse_attack.evaluation.testdata.shapes import SEGMENTATION_CLASSES, TRAIN_SEED, shapes_sample
 
 IMAGE_SIZE = 64
 
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weight_decay", type=float, default=0.01)
     args = parser.parse_args(argv)
     setup(args)
-    from evaluation.embedded.quality import segmentation_quality
-    from tasks import SegmentationObjective
-    from tasks.pixels import Normalizer
+    from hf_sparse_attack.evaluation.embedded.quality import segmentation_quality
+    from hf_sparse_attack.tasks import SegmentationObjective
+    from hf_sparse_attack.tasks.pixels import Normalizer
 
     model, processor = build_model()
     model.train()

@@ -157,7 +157,7 @@ def objects(boxes: Any, labels: Any, area: Any = None, iscrowd: Any = None, bbox
     >>> objects([[0, 0, -1, 2]], [1])
     Traceback (most recent call last):
     ...
-    evaluation.data.BadSample: box 0 has a negative width or height: [0.0, 0.0, -1.0, 2.0]
+    hf_sparse_attack.evaluation.harness.data.BadSample: box 0 has a negative width or height: [0.0, 0.0, -1.0, 2.0]
     """
     try:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

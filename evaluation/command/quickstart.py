@@ -1,7 +1,7 @@
 """Quick start with no network and no GPU: train the digits CNN, then measure its robustness to k-pixel attacks.
 
-    python -m evaluation.quickstart            # about 30 s on one CPU core
-    python -m evaluation.quickstart --k 1 2 --steps 300
+    python -m hf_sparse_attack.evaluation.command.quickstart            # about 30 s on one CPU core
+    python -m hf_sparse_attack.evaluation.command.quickstart --k 1 2 --steps 300
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from evaluation.digits import digits_split, train_digits_cnn
 from hf_sparse_attack import SparsePGD
+from hf_sparse_attack.evaluation.testdata.digits import digits_split, train_digits_cnn
 
 
 def main(argv=None) -> None:

@@ -19,7 +19,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from evaluation.runner import Parser, UsageError, add_attack_arguments, loss_help
+from hf_sparse_attack.evaluation.harness.attack_flags import add_attack_arguments
+from hf_sparse_attack.evaluation.harness.command_line import Parser, UsageError, debug_mode, debugging, report
+from hf_sparse_attack.evaluation.harness.script_flags import loss_help
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SUMMARY = "summary.json"
@@ -61,8 +63,8 @@ def attack_parser() -> Parser:
 def add_task_arguments(group: argparse._ArgumentGroup) -> None:
     """The :data:`TASK_FLAGS`, default ``None`` (unset: the task's default applies), helped with each task's
     choices and defaults."""
-    from tasks.detection import DetectionOptions
-    from tasks.segmentation import SegmentationOptions
+    from hf_sparse_attack.tasks.detection import DetectionOptions
+    from hf_sparse_attack.tasks.segmentation import SegmentationOptions
 
     detection = DetectionOptions()
     group.add_argument("--loss", help=f"the attack loss of the model's task; {loss_help()}")
@@ -96,7 +98,7 @@ def previous_outputs(out: Path, files: list[Path]) -> list[Path]:
 
 def open_output_dir(out: Path, files: list[Path], overwrite: bool) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite``; then remove an earlier attack's outputs; probe writing."""
-    from evaluation.records import OutputDirError, RunDirectory, remove
+    from hf_sparse_attack.evaluation.harness.records import OutputDirError, RunDirectory, remove
 
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output dir {str(out)!r} exists and is not a directory")
@@ -187,11 +189,12 @@ def run_attack(args: argparse.Namespace) -> dict:
     import torch
     from PIL import Image
 
-    import tasks
-    from evaluation.pictures import perturbed_pixels
-    from evaluation.records import save_png, write_json
-    from evaluation.runner import attack_configs, attack_fields
+    from hf_sparse_attack import tasks
     from hf_sparse_attack.config import to_dict
+    from hf_sparse_attack.evaluation.harness.attack_flags import attack_configs
+    from hf_sparse_attack.evaluation.harness.batch import attack_fields
+    from hf_sparse_attack.evaluation.harness.pictures import perturbed_pixels
+    from hf_sparse_attack.evaluation.harness.records import save_png, write_json
 
     if args.num_threads < 1:
         raise UsageError(f"--num_threads must be a positive integer, got {args.num_threads}")
@@ -241,7 +244,7 @@ def run_attack(args: argparse.Namespace) -> dict:
 
 def attack_command(argv: Sequence[str]) -> dict:
     """``hf-sparse-attack attack``."""
-    from evaluation.runner import run_script
+    from hf_sparse_attack.evaluation.harness.command_line import run_script
 
     return run_script(attack_parser(), run_attack, argv)
 
@@ -249,7 +252,7 @@ def attack_command(argv: Sequence[str]) -> dict:
 # ------------------------------------------------------------------------------------------------ dispatchers
 def eval_command(argv: Sequence[str]) -> object:
     """``hf-sparse-attack eval``: the evaluation script of the model's task, with all the arguments."""
-    from evaluation import eval_classification, eval_detection, eval_segmentation
+    from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
 
     scripts = {m.SPEC.task: m for m in (eval_classification, eval_detection, eval_segmentation)}
     parser = Parser(prog="hf-sparse-attack eval", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -266,7 +269,7 @@ def eval_command(argv: Sequence[str]) -> object:
     known = model.parse_known_args(argv)[0]
     if known.model_name_or_path is None:
         parser.parse_args(argv)  # the help, or the error that the model is missing
-    from tasks import infer_task
+    from hf_sparse_attack.tasks import infer_task
 
     task = infer_task(known.model_name_or_path, known.trust_remote_code)
     return scripts[task].main(argv)
@@ -286,15 +289,15 @@ def script_command(module: str) -> Callable[[Sequence[str]], object]:
 COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
     "attack": attack_command,
     "eval": eval_command,
-    "transfer": script_command("evaluation.eval_transfer"),
-    "train": script_command("evaluation.train_sparse_adversarial"),
-    "demo": script_command("evaluation.demo"),
+    "transfer": script_command("hf_sparse_attack.evaluation.eval_transfer"),
+    "train": script_command("hf_sparse_attack.evaluation.train_sparse_adversarial"),
+    "demo": script_command("hf_sparse_attack.evaluation.command.demo"),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hf-sparse-attack`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code 0, or raises
-    ``SystemExit(2)`` after one line on stderr on error."""
+    ``SystemExit`` after one line on stderr: 2 for bad input, 1 for a bug (``--debug``: the traceback instead)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -305,16 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(2)
         return 0
     command, rest = argv[0], argv[1:]
-    try:
-        if command not in COMMANDS:
-            raise CliError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see --help)")
-        COMMANDS[command](rest)
-        return 0
-    except Exception as err:  # every failure is one line unless --debug
-        if debug:
-            raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if not isinstance(err, (UsageError, ValueError, OSError)):
-            message = f"{type(err).__name__}: {message} (rerun with --debug for the traceback)"
-        print(f"hf-sparse-attack: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with debug_mode(debug):
+        try:
+            if command not in COMMANDS:
+                raise CliError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see --help)")
+            COMMANDS[command](rest)
+            return 0
+        except Exception as err:  # noqa: BLE001 (every failure is one line unless --debug)
+            if debugging():
+                raise
+            raise SystemExit(report("hf-sparse-attack", err)) from None

@@ -4,7 +4,7 @@
     hf-sparse-attack demo --output_dir /tmp/demo --samples 8 --overwrite
 
 For classification, detection and segmentation in turn, the demo writes a small held-out dataset of generated
-shapes (:mod:`evaluation.shapes`, the seed the embedded models never trained on) as a Hugging Face
+shapes (:mod:`evaluation.testdata.shapes`, the seed the embedded models never trained on) as a Hugging Face
 ``save_to_disk`` folder, runs the task's evaluation script on the embedded model (:mod:`evaluation.embedded`)
 with Sparse-PGD at the task's default budget k, and reads the numbers back from the run's ``all_results.json``.
 It prints a table of clean against adversarial accuracy / mAP@50 / mIoU and writes into the output folder:
@@ -30,11 +30,17 @@ from types import ModuleType
 import datasets
 from PIL import Image
 
-from evaluation import eval_classification, eval_detection, eval_segmentation
-from evaluation.embedded import model_path
-from evaluation.records import RESULTS_FILE, OutputDirError, RunDirectory, atomic_write, write_json
-from evaluation.runner import Parser, UsageError, run_script
-from evaluation.shapes import TEST_SEED, classification_batch, shapes_batch
+from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
+from hf_sparse_attack.evaluation.embedded import model_path
+from hf_sparse_attack.evaluation.harness.command_line import Parser, UsageError, run_script
+from hf_sparse_attack.evaluation.harness.records import (
+    RESULTS_FILE,
+    OutputDirError,
+    RunDirectory,
+    atomic_write,
+    write_json,
+)
+from hf_sparse_attack.evaluation.testdata.shapes import TEST_SEED, classification_batch, shapes_batch
 
 RESULTS = "demo_results.json"
 INDEX = "index.html"
@@ -203,6 +209,7 @@ def build_parser() -> Parser:
     parser.add_argument("--output_dir", default="./hf-sparse-attack-demo", help="where everything is written "
                         "(default ./hf-sparse-attack-demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     parser.add_argument("--samples", type=int, default=32,
                         help=f"generated images per task, 1 to {MAX_SAMPLES} (default 32)")
     parser.add_argument("--num_threads", type=int, default=2, help="torch CPU threads (default 2)")

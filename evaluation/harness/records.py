@@ -22,10 +22,11 @@ the final results equal those of an uninterrupted run.
 ({'b000000'}, [{'id': 0, 'success': True}])
 >>> RunDirectory(run.path, {"k": [1]}).check(overwrite=False)  # same settings: resume
 True
->>> RunDirectory(run.path, {"k": [2]}).check(overwrite=False)  # doctest: +ELLIPSIS
-Traceback (most recent call last):
-...
-evaluation.records.OutputDirError: ... holds an unfinished run with other settings (k: [1] -> [2]); ...
+>>> try:
+...     RunDirectory(run.path, {"k": [2]}).check(overwrite=False)
+... except OutputDirError as err:
+...     print(str(err).split("; ")[0].split("' ")[1])
+holds an unfinished run with other settings (k: [1] -> [2])
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Transferability: adversarial examples crafted white-box on each source model, evaluated on every target model.
 
-For each source model the attack runs exactly as in :func:`evaluation.runner.evaluate`; every target model then
+For each source model the attack runs exactly as in :func:`~.harness.loop.run_evaluation`; every target model then
 predicts on the clean and on the adversarial images of that source:
 
 - a target equal to the source (the diagonal) predicts on the very images the attack produced: the white-box
@@ -28,33 +28,24 @@ from torch import Tensor
 
 from hf_sparse_attack.config import to_dict
 
-from .metrics import TransferMatrix
-from .pictures import save_heatmap
-from .runner import (
-    TaskSpec,
-    UsageError,
-    attack_configs,
+from .attack_flags import attack_configs
+from .batch import (
     attack_fields,
     batches,
-    check_args,
-    check_model,
-    compute_all,
-    finish_records,
-    frame_image,
+    check_task_model,
     load_data,
     load_objective,
     load_samples,
-    metric_group,
-    open_run,
-    prepare,
-    process_units,
+    prepare_batch,
     sample_fields,
-    setup,
-    split_records,
-    start_logging,
-    start_run,
-    summary,
 )
+from .command_line import UsageError
+from .loop import finish_records, open_run, process_units, split_records, start_run, summary
+from .metrics import TransferMatrix
+from .pictures import save_heatmap
+from .processes import compute_all, metric_group, setup, start_logging
+from .script_flags import check_args
+from .task_spec import TaskSpec, frame_image
 
 NOTE = ("Rows: source models (attacked white-box); columns: target models. Diagonal: white-box, on the source's own "
         "images. Off the diagonal the source's clean and adversarial images (at the source's input resolution) are "
@@ -98,7 +89,7 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     attacks = attack_configs(args)
     sources = list(dict.fromkeys(args.model_name_or_path))
     targets = list(dict.fromkeys(args.target_models or sources))
-    checked = {name: check_model(spec, name, args) for name in dict.fromkeys(sources + targets)}
+    checked = {name: check_task_model(spec, name, args) for name in dict.fromkeys(sources + targets)}
     _check_label_spaces(checked)
     accelerator = setup(args)
     run, resume = open_run(accelerator, args)
@@ -113,7 +104,7 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
         source_name = sources[unit // len(units)]
         source = objectives[source_name]
         samples, records = load_samples(dataset, units[unit % len(units)])
-        samples, x, source_targets, skipped = prepare(source, samples, lambda s: spec.annotation(source, s))
+        samples, x, source_targets, skipped = prepare_batch(source, samples, lambda s: spec.annotation(source, s))
         records += skipped
         if not samples:
             return records

@@ -1,0 +1,85 @@
+"""What every script and command shares on the command line: one-line usage errors and the exit-code policy.
+
+Exit code 2: a usage problem (a bad flag, path, model, dataset or output directory), reported as one line. Exit code
+1: anything else, which is a bug: one line that says so and how to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+
+
+class UsageError(ValueError):
+    """A bad command line or configuration: reported as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose errors are one line (exit code 2)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+#: Set (to anything but ``""`` or ``"0"``) by ``--debug``: errors are raised with their traceback.
+DEBUG_VARIABLE = "HF_SPARSE_ATTACK_DEBUG"
+
+
+def debugging() -> bool:
+    """Whether ``--debug`` (or :data:`DEBUG_VARIABLE`) asks for tracebacks instead of one-line errors."""
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def debug_mode(enabled: bool) -> Iterator[None]:
+    """Within the block, :func:`debugging` is true if ``enabled`` (or already was); restored afterwards."""
+    previous = os.environ.get(DEBUG_VARIABLE)
+    if enabled:
+        os.environ[DEBUG_VARIABLE] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(DEBUG_VARIABLE, None)
+        else:
+            os.environ[DEBUG_VARIABLE] = previous
+
+
+def usage_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad input or environment (exit code 2): a bad flag, dataset, model or output
+    directory, a value the library refuses (``ValueError``, its convention for bad arguments), a file that cannot be
+    read or written (``OSError``). Anything else, an ``AuditError`` included, is a bug (exit code 1)."""
+    from hf_sparse_attack.tasks import TaskLoadError
+
+    from .data import DataError
+    from .records import OutputDirError
+
+    return UsageError, DataError, OutputDirError, TaskLoadError, ValueError, OSError
+
+
+def report(prog: str, err: BaseException) -> int:
+    """Print ``err`` as one line on stderr; return its exit code: 2 for bad input, 1 for a bug."""
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, usage_errors()):
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    print(f"{prog}: internal error (a bug; please report it): {type(err).__name__}: {message}; rerun with --debug "
+          "for the traceback", file=sys.stderr)
+    return 1
+
+
+def run_script(parser: Parser, body: Callable[[argparse.Namespace], dict | None],
+               argv: Sequence[str] | None = None) -> dict | None:
+    """Parse ``argv`` with ``parser`` and run ``body``. A bad input is one line on stderr and exit code 2, any other
+    failure one line saying it is a bug and exit code 1 (``SystemExit``); with ``--debug`` it is raised as is."""
+    args = parser.parse_args(argv)
+    with debug_mode(getattr(args, "debug", False)):
+        try:
+            return body(args)
+        except Exception as err:  # noqa: BLE001 (every failure is one line unless --debug)
+            if debugging():
+                raise
+            raise SystemExit(report(parser.prog, err)) from None

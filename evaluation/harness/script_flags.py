@@ -1,0 +1,107 @@
+"""The flags of the evaluation scripts (transformers' ``run_*_no_trainer.py`` names where they exist).
+
+>>> [type(a).__name__ + f"(k={a.k})" for a in attack_configs(build_parser(None).parse_args(
+...     ["--model_name_or_path", "m", "--output_dir", "o", "--attack", "rs", "--k", "1", "4"]))]
+['SparseRS(k=1)', 'SparseRS(k=4)']
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from .attack_flags import add_attack_arguments, attack_configs  # noqa: F401 (attack_configs: the doctest)
+from .command_line import Parser, UsageError
+from .data import BBOX_FORMATS
+
+if TYPE_CHECKING:
+    from .task_spec import TaskSpec
+
+#: Flags that do not change any result: a run may be resumed with other values of them.
+RUNTIME_FLAGS = ("output_dir", "overwrite", "num_threads", "stop_after_batches", "debug")
+
+
+def build_parser(spec: TaskSpec | None, description: str = "", transfer: bool = False) -> Parser:
+    """The shared flags (transformers' ``run_*_no_trainer.py`` names where they exist) plus the task's own."""
+    task = spec.task if spec else None
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    if transfer:
+        model.add_argument("--model_name_or_path", nargs="+", required=True,
+                           help="source models: Hub names or local directories; each is attacked white-box")
+        model.add_argument("--target_models", nargs="+", help="models the adversarial images are evaluated on "
+                           "(default: the source models)")
+    else:
+        model.add_argument("--model_name_or_path", required=True, help="Hub name or local directory")
+    model.add_argument("--trust_remote_code", action="store_true", help="allow model code from the repository")
+    model.add_argument("--loss", help=f"the attack loss of the model's task; {loss_help()}")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", help="Hub name, save_to_disk directory, or image folder with metadata.jsonl")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--dataset_split", default="validation")
+    data.add_argument("--image_column_name", default="image")
+    if task != "detection":
+        data.add_argument("--label_column_name", default="label",
+                          help="class id (classification) or label-map image (segmentation) column")
+    if task == "detection":
+        data.add_argument("--objects_column_name", default="objects")
+        data.add_argument("--bbox_key", default="bbox", help="key of the boxes in the objects column")
+        data.add_argument("--category_key", default="category", help="key of the class ids in the objects column")
+        data.add_argument("--bbox_format", default="xywh", choices=BBOX_FORMATS, help="COCO xywh or xyxy pixels")
+        data.add_argument("--coco_annotation_file", help="COCO json (instead of --dataset_name)")
+        data.add_argument("--coco_image_dir", help="directory of the COCO json's file_name entries")
+        data.add_argument("--category_mapping", default="id", choices=("id", "name"),
+                          help="COCO category -> model label: the category id itself, or by name (config.label2id)")
+    data.add_argument("--max_eval_samples", type=int, help="evaluate the first N samples only")
+    data.add_argument("--cache_dir", help="datasets cache directory")
+
+    add_attack_arguments(parser.add_argument_group("attack"))
+    if spec is not None:
+        spec.add_arguments(parser.add_argument_group(f"{task} options"))
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    run.add_argument("--output_dir", required=True, help="results, records and pictures (resumed if unfinished)")
+    run.add_argument("--overwrite", action="store_true", help="replace the results of a finished or other run")
+    run.add_argument("--save_adversarial", action="store_true",
+                     help="save every adversarial image as a lossless PNG under output_dir/adversarial/")
+    run.add_argument("--num_pictures", type=int, default=4, help="examples drawn in the pictures")
+    run.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    run.add_argument("--num_threads", type=int, help="torch CPU threads (default 1 on CPU)")
+    run.add_argument("--stop_after_batches", type=int,
+                     help="stop after N batches per process (a time-sliced job); rerun the command to continue")
+    return parser
+
+
+def loss_help() -> str:
+    """The losses of each task and their defaults, for ``--loss`` help texts."""
+    from hf_sparse_attack.losses import CLASSIFICATION_LOSSES
+    from hf_sparse_attack.tasks.classification import ClassificationOptions
+    from hf_sparse_attack.tasks.detection import DETECTION_LOSSES, DetectionOptions
+    from hf_sparse_attack.tasks.segmentation import SEGMENTATION_LOSSES, SegmentationOptions
+
+    return "; ".join(f"{task}: {', '.join(names)} (default {options().loss})" for task, names, options in (
+        ("classification", CLASSIFICATION_LOSSES, ClassificationOptions),
+        ("detection", DETECTION_LOSSES, DetectionOptions),
+        ("segmentation", SEGMENTATION_LOSSES, SegmentationOptions)))
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Value checks argparse cannot express; :class:`UsageError` on the first problem."""
+    for name in ("per_device_eval_batch_size", "max_eval_samples", "stop_after_batches", "num_threads"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value}")
+    if args.num_pictures < 0:
+        raise UsageError(f"--num_pictures must be >= 0, got {args.num_pictures}")
+    coco = getattr(args, "coco_annotation_file", None), getattr(args, "coco_image_dir", None)
+    if (coco[0] is None) != (coco[1] is None):
+        raise UsageError("--coco_annotation_file and --coco_image_dir go together")
+    if (args.dataset_name is None) == (coco[0] is None):
+        raise UsageError("pass either --dataset_name or --coco_annotation_file with --coco_image_dir")
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """The flags that decide the results (all but :data:`RUNTIME_FLAGS`): a run resumes only with equal settings."""
+    return {key: value for key, value in sorted(vars(args).items()) if key not in RUNTIME_FLAGS}
