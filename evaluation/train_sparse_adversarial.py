@@ -62,10 +62,11 @@ from hf_sparse_attack.evaluation.harness.data import Columns, DataError, EvalDat
 from hf_sparse_attack.evaluation.harness.processes import setup, start_logging
 from hf_sparse_attack.evaluation.harness.records import (
     RESULTS_FILE,
-    OutputDirError,
     RunDirectory,
     atomic_write,
+    guard_output_dir,
     remove,
+    remove_outputs,
     write_json,
 )
 from hf_sparse_attack.rng import sample_seed
@@ -209,16 +210,14 @@ def open_output_dir(accelerator: Any, args: argparse.Namespace) -> list[Path]:
     ``--overwrite``) and probe that it is writable with free space; returns those outputs (for
     :func:`remove_previous`). :class:`OutputDirError` for a directory that cannot be used."""
     output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputDirError(f"output dir {str(output_dir)!r} exists and is not a directory")
-    try:
-        previous = previous_outputs(output_dir) if output_dir.is_dir() else []
-    except OSError as err:
-        raise OutputDirError(f"cannot read output dir {str(output_dir)!r}: {err}") from err
-    if previous and not (args.overwrite or args.resume_from_checkpoint):
-        names = ", ".join(p.name for p in previous[:4]) + (", ..." if len(previous) > 4 else "")
-        raise OutputDirError(f"output dir {str(output_dir)!r} holds the outputs of a previous training ({names}); "
-                             "pass --overwrite to replace them or --resume_from_checkpoint latest to continue it")
+
+    def refusal(found: list[Path]) -> str:
+        names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        return (f"holds the outputs of a previous training ({names}); pass --overwrite to replace them or "
+                "--resume_from_checkpoint latest to continue it")
+
+    previous = guard_output_dir(output_dir, previous_outputs, bool(args.overwrite or args.resume_from_checkpoint),
+                                refusal)
     accelerator.wait_for_everyone()  # every process has looked before anything is removed
     RunDirectory(output_dir, {}).probe()
     return previous
@@ -227,11 +226,7 @@ def open_output_dir(accelerator: Any, args: argparse.Namespace) -> list[Path]:
 def remove_previous(accelerator: Any, previous: list[Path]) -> None:
     """Main process, under ``--overwrite``: remove a previous training's outputs (once every check has passed)."""
     if accelerator.is_main_process:
-        try:
-            for path in previous:
-                remove(path)
-        except OSError as err:
-            raise OutputDirError(f"--overwrite: cannot remove {str(path)!r}: {err}") from err
+        remove_outputs(previous)
     accelerator.wait_for_everyone()
 
 

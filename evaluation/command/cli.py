@@ -98,16 +98,11 @@ def previous_outputs(out: Path, files: list[Path]) -> list[Path]:
 
 def open_output_dir(out: Path, files: list[Path], overwrite: bool) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite``; then remove an earlier attack's outputs; probe writing."""
-    from hf_sparse_attack.evaluation.harness.records import OutputDirError, RunDirectory, remove
+    from hf_sparse_attack.evaluation.harness.records import RunDirectory, guard_output_dir, remove_outputs
 
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output dir {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputDirError(f"output dir {str(out)!r} is not empty; choose another --output_dir or pass "
-                                 "--overwrite (it replaces an earlier attack's outputs, nothing else)")
-        for path in previous_outputs(out, files):
-            remove(path)
+    if guard_output_dir(out, lambda p: list(p.iterdir()), overwrite, lambda found: "is not empty; choose another "
+                        "--output_dir or pass --overwrite (it replaces an earlier attack's outputs, nothing else)"):
+        remove_outputs(previous_outputs(out, files))
     RunDirectory(out, {}).probe()
 
 

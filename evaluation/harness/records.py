@@ -37,6 +37,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,39 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def guard_output_dir(path: Path, blocking: Callable[[Path], list[Path]], allowed: bool,
+                     refusal: Callable[[list[Path]], str]) -> list[Path]:
+    """The output-directory rule every command follows: ``path`` is a directory or does not exist yet; what
+    ``blocking(path)`` finds there (an earlier run's outputs) is refused with ``refusal(found)`` unless ``allowed``
+    (``--overwrite``, or resuming). Returns what was found; :class:`OutputDirError` when the directory cannot be used.
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> (out / "summary.json").write_text("{}")
+    2
+    >>> guard_output_dir(out, lambda p: sorted(p.iterdir()), True, str)[0].name
+    'summary.json'
+    """
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"output dir {str(path)!r} exists and is not a directory")
+    try:
+        found = blocking(path) if path.is_dir() else []
+    except OSError as err:
+        raise OutputDirError(f"cannot read output dir {str(path)!r}: {err}") from err
+    if found and not allowed:
+        raise OutputDirError(f"output dir {str(path)!r} {refusal(found)}")
+    return found
+
+
+def remove_outputs(paths: list[Path], flag: str = "--overwrite") -> None:
+    """Remove an earlier run's outputs (after every check has passed); :class:`OutputDirError` if one cannot be."""
+    for path in paths:
+        try:
+            remove(path)
+        except OSError as err:
+            raise OutputDirError(f"{flag}: cannot remove {str(path)!r}: {err}") from err
+
+
 def write_json(path: str | os.PathLike, value: Any) -> None:
     """Atomically write ``value`` (see :func:`to_json`) as indented strict JSON."""
     atomic_write(path, json.dumps(to_json(value), indent=2, allow_nan=False) + "\n")
@@ -148,9 +182,7 @@ class RunDirectory:
     def check(self, overwrite: bool) -> bool:
         """Whether the run resumes an unfinished one; :class:`OutputDirError` if the directory cannot be used."""
         path = self.path
-        if path.exists() and not path.is_dir():
-            raise OutputDirError(f"output dir {str(path)!r} exists and is not a directory")
-        if not path.exists() or not self._entries() or overwrite:
+        if not guard_output_dir(path, lambda p: self._entries(), True, str) or overwrite:
             return False
         advice = "choose another --output_dir or pass --overwrite"
         if not (path / RUN_FILE).is_file():
