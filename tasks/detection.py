@@ -308,7 +308,7 @@ class DetectionObjective(TaskObjective):
             scores, labels = logits.softmax(-1)[..., :-1].max(-1)
             queries = scores.argsort(dim=1, descending=True)[:, :MAX_DETECTIONS]
             scores, labels = scores.gather(1, queries), labels.gather(1, queries)
-        return scores, labels, queries, cxcywh_to_xyxy(boxes) * sizes.flip(1).repeat(1, 2)[:, None].to(boxes)
+        return scores, labels, queries, _pixel_boxes(boxes, sizes)
 
     def _found(self, logits: Tensor, boxes: Tensor, truth: _Truth, sizes: Tensor) -> Tensor:
         """``(B, T)``: each target's highest score of a detection that finds it (0 for none, and for padding)."""
@@ -338,7 +338,7 @@ class DetectionObjective(TaskObjective):
         """Targets-only vanishing (in the spirit of TOG-vanishing and DAG): ``sum log(1 - p(target's class))``
         over the (query, target) pairs whose box finds the target (IoU >= ``iou_threshold``), per target. False
         positives and other classes are left alone, so the gradient is spent where the metric counts."""
-        pixel_boxes = cxcywh_to_xyxy(boxes) * sizes.flip(1).repeat(1, 2)[:, None].to(boxes)
+        pixel_boxes = _pixel_boxes(boxes, sizes)
         with torch.no_grad():
             iou = box_iou(pixel_boxes[:, :, None], truth.boxes[:, None])  # (B, Q, T)
             pairs = (iou >= self.options.iou_threshold) & (truth.labels >= 0)[:, None]
@@ -428,6 +428,11 @@ class DetectionObjective(TaskObjective):
         negative = (1 - alpha) * probs**_FOCAL_GAMMA * -(1 - probs + 1e-8).log()
         positive = alpha * (1 - probs) ** _FOCAL_GAMMA * -(probs + 1e-8).log()
         return positive - negative
+
+
+def _pixel_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """Normalised cxcywh boxes ``(B, Q, 4)`` to pixel xyxy in each image's ``(height, width)`` of ``sizes``."""
+    return cxcywh_to_xyxy(boxes) * sizes.flip(1).repeat(1, 2)[:, None].to(boxes)
 
 
 def _sigmoid_focal(logits: Tensor, onehot: Tensor, alpha: float) -> Tensor:

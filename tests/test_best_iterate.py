@@ -80,7 +80,8 @@ def test_the_cascade_keeps_the_best_stage_image_of_a_sample_no_stage_fools():
     objective = StrongGradientWeakSearch(x.shape[1:])
     result = cascade(objective, x, torch.arange(4))
     assert_valid_result(result, x, k)
-    stages = [attack(StrongGradientWeakSearch(x.shape[1:]), x, torch.arange(4)) for attack in cascade.stages]
+    stages = [assert_valid_result(attack(StrongGradientWeakSearch(x.shape[1:]), x, torch.arange(4)), x, k)
+              for attack in cascade.stages]
     assert (stages[1].score < stages[0].score).all()  # the later stage is worse on every sample
     assert torch.equal(result.adversarial, stages[0].adversarial)
     assert torch.allclose(result.score, stages[0].score)
@@ -91,8 +92,9 @@ def test_the_cascade_takes_a_later_stage_image_when_it_scores_better():
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     k = 4
     cascade = SparseAutoAttack(k=k, version="custom", attacks=(SparsePGD(k=k, steps=1), SparsePGD(k=k, steps=40)))
-    result = cascade(StrongGradientWeakSearch(x.shape[1:]), x, torch.arange(2))
-    stages = [attack(StrongGradientWeakSearch(x.shape[1:]), x, torch.arange(2)) for attack in cascade.stages]
+    result = assert_valid_result(cascade(StrongGradientWeakSearch(x.shape[1:]), x, torch.arange(2)), x, k)
+    stages = [assert_valid_result(attack(StrongGradientWeakSearch(x.shape[1:]), x, torch.arange(2)), x, k)
+              for attack in cascade.stages]
     assert (stages[1].score > stages[0].score).all()
     assert torch.equal(result.adversarial, stages[1].adversarial)
 
@@ -109,7 +111,8 @@ def test_projected_mode_never_moves_the_magnitude_outside_the_mask():
     for unprojected in (False, True):
         objective = Disagreeing(x.shape[1:])
         objective.v = objective.w
-        SparsePGD(k=3, steps=25, patience=100, unprojected=unprojected)(objective, x, torch.arange(2), ids=ids)
+        attack = SparsePGD(k=3, steps=25, patience=100, unprojected=unprojected)
+        assert_valid_result(attack(objective, x, torch.arange(2), ids=ids), x, 3)
         matches = late = 0
         for i in range(2):
             entered = torch.zeros(8, 8, dtype=torch.bool)
@@ -132,9 +135,9 @@ def test_sparse_pgd_randomness_follows_sample_ids_not_batch_positions():
     x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(6)).expand(2, -1, -1, -1).contiguous()
     y = torch.zeros(2, dtype=torch.long)
     attack = SparsePGD(k=2, steps=1)
-    pair = attack(model, x, y, ids=[7, 8])
+    pair = assert_valid_result(attack(model, x, y, ids=[7, 8]), x, 2)
     assert not torch.equal(pair.adversarial[0], pair.adversarial[1])  # same image, two ids: two draws
-    alone = attack(model, x[:1], y[:1], ids=[8])
+    alone = assert_valid_result(attack(model, x[:1], y[:1], ids=[8]), x[:1], 2)
     assert torch.equal(alone.adversarial[0], pair.adversarial[1])
 
 
@@ -159,7 +162,7 @@ def test_unchanged_supports_count_since_the_last_restart_not_consecutively():
     runs = {}
     for patience in (3, 10**6):
         objective = EveryOtherStep(x.shape[1:])
-        SparsePGD(k=3, steps=7, patience=patience)(objective, x, torch.arange(1))
+        assert_valid_result(SparsePGD(k=3, steps=7, patience=patience)(objective, x, torch.arange(1)), x, 3)
         runs[patience] = [(image != x[0]).any(0) for _, image in objective.seen[0][1:]]  # [0]: the clean check
     unchanged = [torch.equal(a, b) for a, b in zip(runs[10**6], runs[10**6][1:])]
     assert sum(unchanged) >= 3 and not any(all(unchanged[i : i + 3]) for i in range(len(unchanged) - 2))
