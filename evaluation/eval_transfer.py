@@ -16,26 +16,14 @@ those of its evaluation script.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
-from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
-from hf_sparse_attack.evaluation.harness.command_line import Parser, run_script
-from hf_sparse_attack.evaluation.harness.script_flags import build_parser
-from hf_sparse_attack.evaluation.harness.transfer import transfer
-
-SPECS = {module.SPEC.task: module.SPEC for module in (eval_classification, eval_detection, eval_segmentation)}
+from hf_sparse_attack.evaluation.harness.entry import transfer_main
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Run the transfer evaluation; returns the results on the main process (see :mod:`.harness.transfer`)."""
-    choose = Parser(add_help=False)
-    choose.add_argument("--task", choices=sorted(SPECS), default="classification")
-    spec = SPECS[choose.parse_known_args(argv)[0].task]
-    parser = build_parser(spec, __doc__, transfer=True)
-    parser.add_argument("--task", choices=sorted(SPECS), default="classification",
-                        help="the task of every model (default classification)")
-    return run_script(parser, functools.partial(transfer, spec), argv)
+    return transfer_main(__doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,41 +1,59 @@
-"""hf_sparse_attack: model-agnostic sparse (L0 / group-L0) adversarial attacks on images in [0, 1]."""
+"""hf_sparse_attack: model-agnostic sparse (L0 / group-L0) adversarial attacks on images in [0, 1].
 
-from . import kernels
-from .losses import CLASSIFICATION_LOSSES, classification_loss
-from .objective import (
-    ClassifierObjective,
-    Measurement,
-    NonFiniteModelError,
-    Objective,
-    as_objective,
-    measure,
-    select,
-)
-from .result import AttackResult, AuditError, audit
-from .rs import SparseRS
-from .saa import CascadeResult, SparseAutoAttack
-from .spgd import SparsePGD
-from .structure import Structure
-from .training import SparseAdversarialTraining
+The names below load on first use (PEP 562), so that ``import hf_sparse_attack`` and the command line's ``--help``
+do not import torch.
 
-__all__ = [
-    "CLASSIFICATION_LOSSES",
-    "AttackResult",
-    "AuditError",
-    "CascadeResult",
-    "ClassifierObjective",
-    "Measurement",
-    "NonFiniteModelError",
-    "Objective",
-    "SparseAdversarialTraining",
-    "SparseAutoAttack",
-    "SparsePGD",
-    "SparseRS",
-    "Structure",
-    "as_objective",
-    "audit",
-    "classification_loss",
-    "kernels",
-    "measure",
-    "select",
-]
+>>> import hf_sparse_attack
+>>> hf_sparse_attack.SparsePGD(k=4).k
+4
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .lazy import attach
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "kernels": "kernels",
+    "CLASSIFICATION_LOSSES": "losses",
+    "classification_loss": "losses",
+    "ClassifierObjective": "objective",
+    "Measurement": "objective",
+    "NonFiniteModelError": "objective",
+    "Objective": "objective",
+    "as_objective": "objective",
+    "measure": "objective",
+    "select": "objective",
+    "AttackResult": "result",
+    "AuditError": "result",
+    "audit": "result",
+    "SparseRS": "rs",
+    "CascadeResult": "saa",
+    "SparseAutoAttack": "saa",
+    "SparsePGD": "spgd",
+    "Structure": "structure",
+    "SparseAdversarialTraining": "training",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = attach(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from . import kernels
+    from .losses import CLASSIFICATION_LOSSES, classification_loss
+    from .objective import (
+        ClassifierObjective,
+        Measurement,
+        NonFiniteModelError,
+        Objective,
+        as_objective,
+        measure,
+        select,
+    )
+    from .result import AttackResult, AuditError, audit
+    from .rs import SparseRS
+    from .saa import CascadeResult, SparseAutoAttack
+    from .spgd import SparsePGD
+    from .structure import Structure
+    from .training import SparseAdversarialTraining

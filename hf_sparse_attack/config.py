@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .losses import check_loss_name
 from .structure import Structure, check_kernel
-from .validation import check_positive_int
+from .value_checks import check_loss_name, check_positive_int
 
 KernelSpec = tuple[tuple[int, ...], ...]
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
+from .value_checks import check_loss_name
+
 
 def _true_and_best_other(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     true = logits.gather(1, labels[:, None]).squeeze(1)
@@ -58,9 +60,3 @@ def classification_loss(name: str, logits: Tensor, labels: Tensor, targeted: boo
     """Look up the loss ``name`` (one of ``CLASSIFICATION_LOSSES``) and apply it per sample."""
     check_loss_name(name)
     return CLASSIFICATION_LOSSES[name](logits, labels, targeted)
-
-
-def check_loss_name(name: str) -> None:
-    """Raise ``ValueError`` unless ``name`` is a known classification loss."""
-    if not isinstance(name, str) or name not in CLASSIFICATION_LOSSES:
-        raise ValueError(f"unknown loss {name!r}; allowed: {sorted(CLASSIFICATION_LOSSES)}")

@@ -30,7 +30,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .losses import check_loss_name, classification_loss, margin
+from .losses import classification_loss, margin
+from .value_checks import check_loss_name
 
 
 @runtime_checkable

@@ -8,7 +8,9 @@ querying. The result is, per sample, the queried image with the best score (the 
 the metric's terms; success first), which need not be the highest-loss one. No gradient is used.
 
 All samples of a batch advance together in tensor operations. Their random draws come from a counter-based hash of
-(seed, sample id, step), so a sample's result does not depend on the batch it is in.
+(seed, sample id, step), so a sample's result does not depend on the batch it is in. Losses are compared in float32
+whatever the images' dtype, and a query step reads one number on the host (how many samples still search), so the
+attack keeps a GPU busy.
 
 >>> import torch
 >>> torch.manual_seed(0) and None
@@ -22,6 +24,7 @@ All samples of a batch advance together in tensor operations. Their random draws
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +37,8 @@ from .config import KernelSpec, build_structure, check_config
 from .objective import as_objective, measure, require_finite, select
 from .result import AttackResult, assemble
 from .structure import Structure
-from .validation import check_images, check_range, check_targets
+from .validation import check_images, check_targets
+from .value_checks import check_range
 
 MODES = ("pixels", "patch")
 
@@ -51,6 +55,8 @@ MAX_CHANNELS = 16  # colours are codes of C bits, drawn from 32-bit hashes
 _M32 = 0xFFFFFFFF
 _STREAM = 1  # rng stream of Sparse-RS sample keys (Sparse-PGD draws from stream 0)
 _SLOTS, _POSITIONS, _COLOURS, _WINDOW, _SHIFT = range(5)  # what a draw is for, mixed into its hash
+_PURPOSES = 8  # the hash tag of a draw is ``step * 8 + purpose``
+_BLOCK = 32  # steps whose per-sample hash bases are computed together
 
 
 def resample_fraction(step: int, queries: int, p_init: float, mode: str = "pixels") -> float:
@@ -86,6 +92,17 @@ class SparseRS:
         stride: placement grid step for ``kernel``.
         mode: ``"pixels"`` (a set of k pixels or placements) or ``"patch"`` (one square patch, searched over its
             corner colours and its position).
+        check_every: query steps between two looks at which samples succeeded (each look is one host sync). With
+            1 (default) a sample that succeeds is never sent to the objective again. With more, it may be sent up
+            to ``check_every - 1`` more times before it leaves the batch, but those evaluations are discarded:
+            the result (its best query, its query count) is the same whatever ``check_every``.
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    >>> x, y = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2, 3])
+    >>> often, rarely = SparseRS(k=4, queries=40)(model, x, y), SparseRS(k=4, queries=40, check_every=8)(model, x, y)
+    >>> torch.equal(often.adversarial, rarely.adversarial), torch.equal(often.iterations, rarely.iterations)
+    (True, True)
     """
 
     k: int = 10
@@ -97,9 +114,10 @@ class SparseRS:
     kernel: KernelSpec | None = None
     stride: int = 1
     mode: str = "pixels"
+    check_every: int = 1
 
     def __post_init__(self) -> None:
-        check_config(self, positive=("k", "queries", "stride"), flags=("targeted",))
+        check_config(self, positive=("k", "queries", "stride", "check_every"), flags=("targeted",))
         check_range("p_init", self.p_init, 0.0, 1.0, low_open=True)
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; allowed: {list(MODES)}")
@@ -116,7 +134,7 @@ class SparseRS:
         draws = _Draws.for_samples(self.seed, rng.sample_ids(ids, x.shape[0]), x.device)
         with torch.no_grad():
             loss, success, score = measure(objective, x, targets)
-            loss = loss.to(x.dtype)
+            loss = loss.float()
             require_finite(loss)
             out = _Outcome(x, loss, success, score, structure)
             todo = (~success).nonzero().flatten()
@@ -141,135 +159,176 @@ class SparseRS:
                              f"perturbed {what} with unperturbed ones")
 
     def _search(self, objective, x, targets, rows, draws, structure, out) -> None:
-        draws = draws.select(rows)
-        targets = select(targets, rows)
-        active = x.index_select(0, rows)
+        """Query steps on the samples at batch positions ``rows`` until each succeeds or spends its queries."""
+        targets, active = select(targets, rows), x.index_select(0, rows)
         if self.mode == "patch":
-            search = _PatchSearch(active, self.k, draws, self.queries, self.targeted)
+            search = _PatchSearch(active, self.k, draws.select(rows), self.queries, self.targeted)
         else:
-            search = _SetSearch(active, self.k, structure, draws)
-        used = out.iterations.index_select(0, rows)
-        kept = _Best(active.clone(), out, rows)
+            search = _SetSearch(active, self.k, structure, draws.select(rows))
+        kept = _Best(active, out, rows)
         last = self.queries - 2
         for step in range(last + 1):
             if step == 0:
                 candidate = search.start()
             else:
                 candidate = search.propose(step, resample_fraction(step, self.queries, self.p_init, self.mode))
-            loss, success, score = measure(objective, candidate, targets)
-            # A NaN or infinite loss counts as -inf: never better than a finite one, and never a success.
-            loss = loss.to(x.dtype)
-            finite = torch.isfinite(loss)
-            loss, success = torch.where(finite, loss, float("-inf")), success & finite
-            used += 1
-            if step == 0:  # the first random set is taken whatever its loss
-                best, better = loss, torch.ones_like(success)
-            else:
-                better = success | (loss > best)
-                best = torch.where(better, loss, best)
-            kept.update(candidate, loss, success, score, search.trial_groups())
-            search.accept(better)
+            search.accept(kept.update(candidate, *_query(objective, candidate, targets), search.trial_groups()))
+            if step == last:
+                out.write(rows, kept)
+            elif (step + 1) % self.check_every == 0:
+                searching = int(kept.searching.sum())  # the one host sync of a look
+                if searching < len(rows):
+                    keep, done = _partition(kept.searching, searching)
+                    out.write(rows, kept, done)
+                    if not searching:
+                        return
+                    rows, targets = rows.index_select(0, keep), select(targets, keep)
+                    search.compact(keep)
+                    kept.compact(keep)
 
-            finished = success.cpu() if step < last else torch.ones(len(success), dtype=torch.bool)  # one sync
-            if finished.any():
-                done = finished.nonzero().flatten().to(x.device)
-                out.write(rows, done, kept, used)
-                keep = (~finished).nonzero().flatten()
-                if keep.numel() == 0:
-                    return
-                targets = select(targets, keep)
-                keep = keep.to(x.device)
-                rows, best, used = (t.index_select(0, keep) for t in (rows, best, used))
-                search.compact(keep)
-                kept.compact(keep)
+
+def _query(objective, candidate: Tensor, targets: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, success, score)`` of one query, the loss in float32; a NaN or infinite loss counts as ``-inf``:
+    never better than a finite one, and never a success."""
+    loss, success, score = measure(objective, candidate, targets)
+    loss = loss.float()
+    finite = torch.isfinite(loss)
+    return torch.where(finite, loss, float("-inf")), success & finite, score
+
+
+def _partition(searching: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Row indices ``(keep, done)`` of the ``count`` rows still searching and of the others, each in batch order,
+    computed on the device from a count already on the host (a stable sort puts the searching rows first)."""
+    order = torch.argsort((~searching).to(torch.uint8), stable=True)
+    return order[:count], order[count:]
 
 
 class _Best:
-    """Per active sample, the queried image with the best score so far (success first), with its loss and groups;
-    the clean image until a query beats the clean score."""
+    """Per active sample: the queried image with the best score so far (success first), with its loss, score and
+    groups (the clean image until a query beats the clean score); the loss of the set the search holds, the queries
+    used, and whether the sample still searches (a sample that succeeded takes no later query into account)."""
 
     def __init__(self, x: Tensor, out: _Outcome, rows: Tensor) -> None:
-        self.image, self.success = x, torch.zeros(len(rows), dtype=torch.bool, device=x.device)
+        self.image, self.success = x.clone(), torch.zeros(len(rows), dtype=torch.bool, device=x.device)
         self.loss, self.score = out.loss.index_select(0, rows), out.score.index_select(0, rows)
         self.groups = None if out.groups is None else out.groups.index_select(0, rows)
+        self.used = out.iterations.index_select(0, rows)
+        self.searching = torch.ones_like(self.success)
+        self.held: Tensor | None = None  # loss of the set the search holds; the first random set is taken as is
 
-    def update(self, image: Tensor, loss: Tensor, success: Tensor, score: Tensor, groups: Tensor | None) -> None:
-        better = success | (score > self.score)
+    def update(self, image: Tensor, loss: Tensor, success: Tensor, score: Tensor, groups: Tensor | None) -> Tensor:
+        """Take one query of every row into account; return where the search should accept its candidate."""
+        searching = self.searching
+        success = success & searching
+        accept = searching if self.held is None else (success | (loss > self.held)) & searching
+        self.held = loss if self.held is None else torch.where(accept, loss, self.held)
+        better = success | ((score > self.score) & searching)
         self.image = torch.where(better.view(-1, 1, 1, 1), image, self.image)
         self.loss, self.score = torch.where(better, loss, self.loss), torch.where(better, score, self.score)
-        self.success = self.success | success
         if groups is not None:
             self.groups = torch.where(better.view(-1, 1, 1, 1), groups, self.groups)
+        self.success = self.success | success
+        self.used += searching
+        self.searching = searching & ~success
+        return accept
 
     def compact(self, keep: Tensor) -> None:
-        for name in ("image", "loss", "score", "success", "groups"):
+        for name in ("image", "loss", "score", "success", "groups", "used", "searching", "held"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.index_select(0, keep))
 
 
-def _mul32(v: Tensor, c: int) -> Tensor:
-    """``v * c mod 2^32`` for ``v`` in ``[0, 2^32)``, in 16-bit halves so that no int64 product overflows."""
-    return (v * (c & 0xFFFF) + (((v * (c >> 16)) & 0xFFFF) << 16)) & _M32
+_MIX_FACTORS = (0x7FEB352D, 0x846CA68B - (1 << 32))  # lowbias32's factors, the second as a negative int32
 
 
-def _mix32(v: Tensor) -> Tensor:
-    """A bijective 32-bit integer hash with full avalanche (Wellons' "lowbias32")."""
-    v = v ^ (v >> 16)
-    v = _mul32(v, 0x7FEB352D)
-    v = v ^ (v >> 15)
-    v = _mul32(v, 0x846CA68B)
-    return v ^ (v >> 16)
+def _mix32_(v: Tensor) -> Tensor:
+    """Wellons' "lowbias32", a bijective 32-bit hash with full avalanche, in place on the int64 ``v`` in
+    ``[0, 2^32)``. Each factor has magnitude below 2^31, so no product leaves int64, and ``& (2^32 - 1)`` of a
+    negative product is its residue mod 2^32 (two's complement): exact on every device.
+
+    >>> int(_mix32_(torch.tensor([1]))[0]), int(_mix32_(torch.tensor([2 ** 32 - 1]))[0])
+    (1753845952, 1734902346)
+    """
+    v ^= v >> 16
+    v.mul_(_MIX_FACTORS[0]).bitwise_and_(_M32)
+    v ^= v >> 15
+    v.mul_(_MIX_FACTORS[1]).bitwise_and_(_M32)
+    v ^= v >> 16
+    return v
 
 
 class _Draws:
     """Counter-based per-sample random integers: a hash of (sample key, step, purpose, index).
 
     Pure int64 tensor arithmetic on the batch's device, so a whole step is drawn without a loop over samples, and a
-    sample's draws depend on its key only: never on the batch it is in, nor on the device.
+    sample's draws depend on its key only: never on the batch it is in, nor on the device. Each sample's hash base
+    per (step, purpose) is computed for blocks of steps at once.
     """
 
     def __init__(self, lo: Tensor, hi: Tensor) -> None:
         self.lo, self.hi = lo, hi  # the low and high 32 bits of each sample's key
+        self._block, self._bases = -1, None
 
     @classmethod
     def for_samples(cls, seed: int, ids: Sequence[int], device: torch.device) -> _Draws:
         keys = [rng.sample_seed(seed, sample_id, _STREAM) for sample_id in ids]  # 63-bit keys
-        return cls(torch.tensor([key & _M32 for key in keys], dtype=torch.long, device=device),
-                   torch.tensor([key >> 32 for key in keys], dtype=torch.long, device=device))
+        halves = torch.tensor([[key & _M32, key >> 32] for key in keys], dtype=torch.long, device=device)
+        return cls(halves[:, 0], halves[:, 1])
+
+    def _base(self, step: int, purpose: int) -> Tensor:
+        """``(B, 1)``: each sample's hash of ``(key, step * 8 + purpose)``."""
+        block = step // _BLOCK
+        if block != self._block:
+            steps = torch.arange(block * _BLOCK, (block + 1) * _BLOCK, device=self.lo.device)
+            tags = (steps[:, None] * _PURPOSES + torch.arange(_PURPOSES, device=steps.device)) & _M32
+            self._bases = _mix32_(self.lo[:, None, None] ^ _mix32_(self.hi[:, None, None] ^ tags))
+            self._block = block
+        return self._bases[:, step % _BLOCK, purpose, None]
+
+    def draw(self, step: int, *requests: tuple[int, Tensor]) -> list[Tensor]:
+        """Uniform integers in ``[0, 2^32)`` for each ``(purpose, index)``: ``(B, n)`` for an ``index`` ``(1, n)`` or
+        ``(B, n)`` in ``[0, 2^32)``; several requests are hashed in one pass."""
+        parts = [self._base(step, purpose) ^ index for purpose, index in requests]
+        mixed = _mix32_(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+        mixed ^= self.hi[:, None]
+        return list(_mix32_(mixed).split([part.shape[1] for part in parts], dim=1))
 
     def bits(self, step: int, purpose: int, index: Tensor) -> Tensor:
-        """Uniform integers in ``[0, 2^32)``, ``(B, n)`` for ``index`` ``(1, n)`` or ``(B, n)`` in ``[0, 2^32)``."""
-        base = _mix32(self.lo ^ _mix32(self.hi ^ ((step * 8 + purpose) & _M32)))
-        return _mix32(_mix32(base[:, None] ^ index) ^ self.hi[:, None])
+        """:meth:`draw` of a single request."""
+        return self.draw(step, (purpose, index))[0]
 
     def below(self, n: int | Tensor, step: int, purpose: int, index: Tensor) -> Tensor:
         """Uniform integers in ``[0, n)`` (``n`` below 2^31, or a tensor of such bounds broadcast with the draws)."""
         return (self.bits(step, purpose, index) * n) >> 32
 
     def select(self, rows: Tensor) -> _Draws:
-        return _Draws(self.lo.index_select(0, rows), self.hi.index_select(0, rows))
+        draws = _Draws(self.lo.index_select(0, rows), self.hi.index_select(0, rows))
+        if self._bases is not None:
+            draws._block, draws._bases = self._block, self._bases.index_select(0, rows)
+        return draws
 
 
-def _corners(codes: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
-    """Corner codes ``(B, m)`` in ``[0, 2^C)`` -> colours ``(B, C, m)`` with each channel 0 or 1."""
-    shifts = torch.arange(channels, device=codes.device)
+def _corners(codes: Tensor, shifts: Tensor, dtype: torch.dtype) -> Tensor:
+    """Corner codes ``(B, m)`` in ``[0, 2^C)`` -> colours ``(B, C, m)`` with each channel 0 or 1 (``shifts`` is
+    ``arange(C)``)."""
     return ((codes[:, None, :] >> shifts[None, :, None]) & 1).to(dtype)
 
 
-def _corners_unlike(bits: Tensor, current: Tensor) -> Tensor:
-    """Random corner colours ``(B, C, m)`` that differ from ``current (B, C, m)``, from random ``bits (B, m)``.
+def _corner_codes(colours: Tensor, shifts: Tensor) -> Tensor:
+    """``(B, m)``: the code of each colour of ``colours (B, C, m)`` that is a corner of the colour cube, else -1."""
+    on_corner = ((colours == 0) | (colours == 1)).all(1)
+    return torch.where(on_corner, (colours.long() << shifts[None, :, None]).sum(1), -1)
+
+
+def _other_corners(bits: Tensor, current: Tensor, channels: int) -> Tensor:
+    """Random corner codes ``(B, m)`` from random ``bits (B, m)``, each unlike its ``current`` code (-1: any).
 
     Uniform over the ``2^C - 1`` other corners where the current colour is a corner, over all ``2^C`` elsewhere
     (any corner then differs), so a newly perturbed pixel never keeps its value.
     """
-    channels = current.shape[1]
     n = 1 << channels
-    shifts = torch.arange(channels, device=current.device)
-    on_corner = ((current == 0) | (current == 1)).all(1)
-    code = (current.long() << shifts[None, :, None]).sum(1)
-    codes = torch.where(on_corner, code ^ (1 + bits % (n - 1)), bits % n)
-    return _corners(codes, channels, current.dtype)
+    return torch.where(current >= 0, current ^ (1 + bits % (n - 1)), bits % n)
 
 
 class _SetSearch:
@@ -283,30 +342,32 @@ class _SetSearch:
 
     def __init__(self, x: Tensor, k: int, structure: Structure | None, draws: _Draws) -> None:
         c, h, w = x.shape[1:]
-        if structure is None:
-            grid, stride, offsets = (h, w), 1, torch.zeros(1, dtype=torch.long)
-        else:
+        device = x.device
+        self.grid = None if structure is None else structure.grid_shape
+        positions = torch.arange(h * w if structure is None else structure.placements, device=device)
+        if structure is not None:
             grid, stride = structure.grid_shape, structure.stride
             ky, kx = structure.kernel.nonzero(as_tuple=True)
-            offsets = ky * w + kx
-        device = x.device
-        positions = torch.arange(grid[0] * grid[1], device=device)
-        self.origins = (positions // grid[1]) * (stride * w) + (positions % grid[1]) * stride
-        self.offsets = offsets.to(device)
+            self.origins = (positions // grid[1]) * (stride * w) + (positions % grid[1]) * stride
+            self.offsets = (ky * w + kx).to(device)
+            self.covered = torch.arange(k * len(ky), device=device)[None]
         self.positions, self.slots = positions[None], torch.arange(k, device=device)[None]
-        self.grid = grid if structure is not None else None
         self.shape, self.k, self.draws = x.shape, k, draws
         self.x = x.flatten(2)
+        self.shifts = torch.arange(c, device=device)
+        self.x_codes = _corner_codes(self.x, self.shifts)
 
     def _pixels(self, placements: Tensor) -> Tensor:
-        """Pixel indices ``(B, n * kernel pixels)`` covered by the placements ``(B, n)``."""
+        """Pixel indices ``(B, n * kernel pixels)`` covered by the placements ``(B, n)`` (single pixels: the same)."""
+        if self.grid is None:
+            return placements
         return (self.origins[placements][..., None] + self.offsets).flatten(1)
 
-    def _recolour(self, paint: Tensor, pixels: Tensor, step: int, unlike: Tensor) -> Tensor:
-        """``paint`` with fresh corner colours on ``pixels (B, m)``, each unlike its colour in ``unlike``."""
+    def _recolour(self, paint: Tensor, pixels: Tensor, step: int, codes: Tensor) -> Tensor:
+        """``paint`` with fresh corner colours on ``pixels (B, m)``, each unlike its current colour code ``codes``."""
+        fresh = _other_corners(self.draws.bits(step, _COLOURS, pixels), codes, self.x.shape[1])
         index = pixels[:, None].expand(-1, self.x.shape[1], -1)
-        colours = _corners_unlike(self.draws.bits(step, _COLOURS, pixels), unlike.gather(2, index))
-        return paint.scatter(2, index, colours)  # a pixel listed twice gets the same colour: its hash is the same
+        return paint.scatter(2, index, _corners(fresh, self.shifts, paint.dtype))  # a pixel listed twice: same hash
 
     def _image(self, chosen: Tensor, paint: Tensor) -> Tensor:
         cover = torch.zeros_like(self.x[:, :1], dtype=torch.bool).scatter_(2, self._pixels(chosen)[:, None], True)
@@ -314,7 +375,8 @@ class _SetSearch:
 
     def start(self) -> Tensor:
         self.chosen = self.draws.bits(0, _POSITIONS, self.positions).topk(self.k, dim=1).indices
-        self.paint = self._recolour(self.x, self._pixels(self.chosen), 0, self.x)
+        pixels = self._pixels(self.chosen)
+        self.paint = self._recolour(self.x, pixels, 0, self.x_codes.gather(1, pixels))
         self.trial = self.chosen, self.paint
         return self._image(self.chosen, self.paint)
 
@@ -323,19 +385,21 @@ class _SetSearch:
             self.trial = self.chosen, self._recolour_covered(step, fraction)
         else:
             moved = min(max(int(fraction * self.k), 1), self.positions.shape[1] - self.k)
-            slots = self.draws.bits(step, _SLOTS, self.slots).topk(moved, dim=1).indices
-            free = self.draws.bits(step, _POSITIONS, self.positions).scatter_(1, self.chosen, -1)
-            new = free.topk(moved, dim=1).indices
-            self.trial = self.chosen.scatter(1, slots, new), self._recolour(self.paint, self._pixels(new), step, self.x)
+            slots, free = self.draws.draw(step, (_SLOTS, self.slots), (_POSITIONS, self.positions))
+            slots = slots.topk(moved, dim=1).indices
+            new = free.scatter_(1, self.chosen, -1).topk(moved, dim=1).indices
+            pixels = self._pixels(new)
+            paint = self._recolour(self.paint, pixels, step, self.x_codes.gather(1, pixels))
+            self.trial = self.chosen.scatter(1, slots, new), paint
         return self._image(*self.trial)
 
     def _recolour_covered(self, step: int, fraction: float) -> Tensor:
         """New colours for a ``fraction`` of the pixels the placements cover, each unlike its current colour."""
         covered = self._pixels(self.chosen)
         count = max(int(fraction * covered.shape[1]), 1)
-        index = torch.arange(covered.shape[1], device=covered.device)[None]
-        picked = covered.gather(1, self.draws.bits(step, _SLOTS, index).topk(count, dim=1).indices)
-        return self._recolour(self.paint, picked, step, self.paint)
+        picked = covered.gather(1, self.draws.bits(step, _SLOTS, self.covered).topk(count, dim=1).indices)
+        current = self.paint.gather(2, picked[:, None].expand(-1, self.x.shape[1], -1))
+        return self._recolour(self.paint, picked, step, _corner_codes(current, self.shifts))
 
     def accept(self, better: Tensor) -> None:
         chosen, paint = self.trial
@@ -351,8 +415,24 @@ class _SetSearch:
         return placed.scatter_(1, chosen, True).view(-1, 1, *self.grid)
 
     def compact(self, keep: Tensor) -> None:
-        self.x, self.chosen, self.paint = (t.index_select(0, keep) for t in (self.x, self.chosen, self.paint))
+        self.x, self.x_codes, self.chosen, self.paint = (
+            t.index_select(0, keep) for t in (self.x, self.x_codes, self.chosen, self.paint))
         self.draws = self.draws.select(keep)
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest float32."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _shift_reaches(step: int, queries: int, side: int) -> bool:
+    """Whether ``(0.75 * (1 - step / queries) * size).long()`` is positive for an axis of ``size`` pixels, as
+    torch computes it on an integer tensor (in float32), worked out on the host.
+
+    >>> _shift_reaches(0, 100, 2), _shift_reaches(60, 100, 2), _shift_reaches(60, 100, 4)
+    (True, False, True)
+    """
+    return _float32(_float32(0.75 * (1 - step / queries)) * side) >= 1
 
 
 class _PatchSearch:
@@ -366,30 +446,32 @@ class _PatchSearch:
     def __init__(self, x: Tensor, k: int, draws: _Draws, queries: int, targeted: bool) -> None:
         self.x, self.draws, self.queries = x, draws, queries
         self.side = math.isqrt(k)
-        h, w = x.shape[-2:]
+        c, h, w = x.shape[1:]
         self.size = torch.tensor([[h, w]], device=x.device)
+        self.longest = max(h, w)
         self.span = self.size - self.side + 1  # possible positions of the top-left corner per axis
         self.move_every = 10 if targeted else 4
         self.axes = torch.arange(2, device=x.device)[None]
         self.range = torch.arange(self.side, device=x.device)
+        self.offsets = (self.range[:, None] * w + self.range).flatten()  # the patch's pixels from its top-left
+        self.shifts = torch.arange(c, device=x.device)
 
     def _image(self, loc: Tensor, patch: Tensor) -> Tensor:
-        rows, cols = loc[:, :1] + self.range, loc[:, 1:] + self.range
-        pixels = (rows[:, :, None] * self.x.shape[-1] + cols[:, None, :]).flatten(1)
+        pixels = loc[:, :1] * self.x.shape[-1] + loc[:, 1:] + self.offsets
         index = pixels[:, None].expand(-1, self.x.shape[1], -1)
         return self.x.flatten(2).scatter(2, index, patch.flatten(2)).view_as(self.x)
 
     def start(self) -> Tensor:
         c = self.x.shape[1]
         self.loc = self.draws.below(self.span, 0, _SHIFT, self.axes)
-        stripes = _corners(self.draws.bits(0, _COLOURS, self.range[None]) % (1 << c), c, self.x.dtype)
+        stripes = _corners(self.draws.bits(0, _COLOURS, self.range[None]) % (1 << c), self.shifts, self.x.dtype)
         self.patch = stripes[:, :, None, :].expand(-1, -1, self.side, -1).contiguous()
         self.trial = self.loc, self.patch
         return self._image(self.loc, self.patch)
 
     def propose(self, step: int, fraction: float) -> Tensor:
-        shift = (0.75 * (1 - step / self.queries) * self.size).long()
-        if step % self.move_every == 0 and bool((shift > 0).any()):
+        if step % self.move_every == 0 and _shift_reaches(step, self.queries, self.longest):
+            shift = (0.75 * (1 - step / self.queries) * self.size).long()
             move = self.draws.below(2 * shift + 1, step, _SHIFT, self.axes) - shift
             loc, patch = torch.minimum((self.loc + move).clamp_(min=0), self.span - 1), self.patch
         else:
@@ -406,10 +488,10 @@ class _PatchSearch:
         bits = self.draws.bits(step, _COLOURS, self.axes[:, :1])
         if window == 1:  # a single pixel: make sure its colour changes
             at = (corner[:, :1] * side + corner[:, 1:])[:, None].expand(-1, c, -1)
-            colour = _corners_unlike(bits, self.patch.flatten(2).gather(2, at))
+            codes = _other_corners(bits, _corner_codes(self.patch.flatten(2).gather(2, at), self.shifts), c)
         else:
-            colour = _corners(bits % (1 << c), c, self.x.dtype)
-        return torch.where(inside, colour[..., None], self.patch)
+            codes = bits % (1 << c)
+        return torch.where(inside, _corners(codes, self.shifts, self.x.dtype)[..., None], self.patch)
 
     def accept(self, better: Tensor) -> None:
         loc, patch = self.trial
@@ -434,17 +516,19 @@ class _Outcome:
         grid = None if structure is None else structure.grid_shape
         self.groups = None if grid is None else torch.zeros(b, 1, *grid, dtype=torch.bool, device=x.device)
 
-    def write(self, rows: Tensor, done: Tensor, kept: _Best, iterations: Tensor) -> None:
-        """Store rows ``done`` of the active batch (whose batch positions are ``rows``): each one's best image.
+    def write(self, rows: Tensor, kept: _Best, done: Tensor | None = None) -> None:
+        """Store rows ``done`` (default: all) of the active batch, whose batch positions are ``rows``: each one's
+        best image, and the queries it used.
 
         A sample whose every query gave a NaN or infinite loss (score -inf) keeps its clean image and loss.
         """
-        index = rows.index_select(0, done)
-        self.iterations[index] = iterations.index_select(0, done)
+        pick = (lambda t: t) if done is None else (lambda t: t.index_select(0, done))
+        index = pick(rows)
+        self.iterations[index] = pick(kept.used)
         for name in ("adversarial", "loss", "score", "success", "groups"):
             value = getattr(kept, "image" if name == "adversarial" else name)
             if value is not None:
-                getattr(self, name)[index] = value.index_select(0, done)
+                getattr(self, name)[index] = pick(value)
 
     def result(self, x: Tensor, k: int, structure: Structure | None) -> AttackResult:
         return assemble(x, k, structure, adversarial=self.adversarial, success=self.success, loss=self.loss,

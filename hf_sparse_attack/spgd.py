@@ -29,7 +29,8 @@ from . import rng
 from .config import KernelSpec, build_structure, check_config
 from .objective import as_objective, measure, require_finite, select
 from .result import AttackResult, assemble
-from .validation import check_images, check_positive_int, check_range, check_targets
+from .validation import check_images, check_targets
+from .value_checks import check_positive_int, check_range
 
 
 def topk_mask(scores: Tensor, k: int, out: Tensor | None = None) -> Tensor:

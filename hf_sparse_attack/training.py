@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from . import rng
 from .result import AttackResult
 from .spgd import SparsePGD
-from .validation import check_positive_int, check_range
+from .value_checks import check_positive_int, check_range
+from .vocabulary import TRAINING_LOSSES
 
 _STREAM = 3  # rng stream of the per-step seeds (sPGD uses 0, Sparse-RS 1, the cascade 2)
 
@@ -148,8 +149,6 @@ GRADIENTS: dict[str, Callable[[int, int], bool]] = {
     "projected": lambda seed, step: False,
 }
 
-#: The training losses by name.
-TRAINING_LOSSES = ("sat", "strades")
 
 
 @dataclass(frozen=True)

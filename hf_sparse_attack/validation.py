@@ -1,8 +1,8 @@
-"""Argument checks shared by the attacks: each raises ``ValueError`` naming the bad value and what is allowed."""
+"""Checks of the attacks' tensor arguments (images, targets): each raises ``ValueError`` naming the bad value and
+what is allowed. Scalar settings: :mod:`.value_checks`."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -43,22 +43,3 @@ def check_targets(x: Tensor, targets: Any, objective: Any = None) -> None:
     own_check = getattr(objective, "check_targets", None)
     if own_check is not None:
         own_check(x, targets)
-
-
-def check_positive_int(name: str, value: Any, maximum: int | None = None, what: str = "") -> int:
-    """``value`` must be an int in ``[1, maximum]``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name}={value} exceeds the {maximum} {what or 'available'}")
-    return value
-
-
-def check_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    """``value`` must be a finite real number in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value > high or value < low or (low_open and value == low):
-        left = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {left}{low}, {high}], got {value!r}")
-    return float(value)

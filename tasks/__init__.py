@@ -6,28 +6,42 @@ that the attacks of :mod:`hf_sparse_attack` accept. Every objective offers ``pre
 ``clean_targets`` and ``to_original``; see :mod:`tasks.base` and each adapter's module for the target formats.
 
 This package imports :mod:`hf_sparse_attack`, never the other way round.
+
+The names below load on first use (PEP 562): importing this package does not import torch or transformers.
 """
 
-from .base import TaskObjective
-from .classification import ClassificationObjective, ClassificationOptions
-from .detection import DETECTION_HEADS, DetectionObjective, DetectionOptions, SetLossTerms
-from .loading import SUPPORTED, CheckedModel, TaskLoadError, check_model, infer_task, load_task
-from .segmentation import SegmentationObjective, SegmentationOptions
+from __future__ import annotations
 
-__all__ = [
-    "DETECTION_HEADS",
-    "SUPPORTED",
-    "CheckedModel",
-    "ClassificationObjective",
-    "ClassificationOptions",
-    "DetectionObjective",
-    "DetectionOptions",
-    "SegmentationObjective",
-    "SegmentationOptions",
-    "SetLossTerms",
-    "TaskLoadError",
-    "TaskObjective",
-    "check_model",
-    "infer_task",
-    "load_task",
-]
+from typing import TYPE_CHECKING
+
+from hf_sparse_attack.lazy import attach
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "TaskObjective": "base",
+    "ClassificationObjective": "classification",
+    "ClassificationOptions": "options",
+    "DETECTION_HEADS": "detection",
+    "DetectionObjective": "detection",
+    "DetectionOptions": "options",
+    "SetLossTerms": "detection",
+    "SUPPORTED": "loading",
+    "CheckedModel": "loading",
+    "TaskLoadError": "loading",
+    "check_model": "loading",
+    "infer_task": "loading",
+    "load_task": "loading",
+    "SegmentationObjective": "segmentation",
+    "SegmentationOptions": "options",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = attach(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from .base import TaskObjective
+    from .classification import ClassificationObjective
+    from .detection import DETECTION_HEADS, DetectionObjective, SetLossTerms
+    from .loading import SUPPORTED, CheckedModel, TaskLoadError, check_model, infer_task, load_task
+    from .options import ClassificationOptions, DetectionOptions, SegmentationOptions
+    from .segmentation import SegmentationObjective

@@ -25,12 +25,6 @@ from hf_sparse_attack.objective import Measurement
 from .pixels import Normalizer
 
 
-def check_flag(name: str, value: Any) -> None:
-    """Raise ``ValueError`` unless ``value`` is ``True`` or ``False`` (options are validated before any loading)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
 class TaskObjective(ABC):
     """Base of the adapters. Subclasses set ``task`` and ``options_class`` and implement the abstract methods.
 

@@ -22,29 +22,16 @@ tensor([False])
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hf_sparse_attack.losses import check_loss_name
 from hf_sparse_attack.objective import Measurement, classifier_measurement
 
-from .base import TaskObjective, check_flag
+from .base import TaskObjective
+from .options import ClassificationOptions
 from .pixels import image_list, processor_pixels
-
-
-@dataclass(frozen=True)
-class ClassificationOptions:
-    """``loss``: ``"ce"``, ``"margin"`` or ``"dlr"``; ``targeted``: targets are target classes."""
-
-    loss: str = "ce"
-    targeted: bool = False
-
-    def __post_init__(self) -> None:
-        check_loss_name(self.loss)
-        check_flag("targeted", self.targeted)
 
 
 class ClassificationObjective(TaskObjective):

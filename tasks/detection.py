@@ -23,13 +23,14 @@ Frames and formats (the same for targets and predictions, so both round-trip thr
 Losses, per image and without any collective (``outputs.loss`` is never used):
 
 - ``"hungarian"``: DETR's set loss. Queries are matched to targets per image with the config's matching costs
-  (:mod:`tasks.matching`); then class loss + ``bbox_loss_coefficient`` * L1 + ``giou_loss_coefficient`` *
-  (1 - GIoU), the box terms summed over matched pairs and divided by ``max(n, 1)``. Class loss: softmax heads, the
-  cross-entropy over all queries with weight ``eos_coefficient`` on "no object", a weighted mean; sigmoid heads,
-  the sigmoid focal loss (``focal_alpha``, gamma 2) summed over queries and classes, divided by ``max(n, 1)``
-  and weighted 1, as Hugging Face's loss does. Auxiliary decoder outputs are not used. For one image this equals
-  the model's own ``outputs.loss`` (with ``auxiliary_loss=False``); :meth:`DetectionObjective.hungarian_terms`
-  gives the sums behind it.
+  (:mod:`tasks.matching`: the batch's cost matrices on the device at once, over targets padded to the batch's
+  most, then each image's assignment on the host, one transfer each way); then class loss +
+  ``bbox_loss_coefficient`` * L1 + ``giou_loss_coefficient`` * (1 - GIoU), the box terms summed over matched
+  pairs and divided by ``max(n, 1)``. Class loss: softmax heads, the cross-entropy over all queries with weight
+  ``eos_coefficient`` on "no object", a weighted mean; sigmoid heads, the sigmoid focal loss (``focal_alpha``,
+  gamma 2) summed over queries and classes, divided by ``max(n, 1)`` and weighted 1, as Hugging Face's loss does.
+  Auxiliary decoder outputs are not used. For one image this equals the model's own ``outputs.loss`` (with
+  ``auxiliary_loss=False``); :meth:`DetectionObjective.hungarian_terms` gives the sums behind it.
 - ``"vanish"``: the mean over queries of ``log P(no object)`` — ``log softmax`` of the no-object logit, or
   ``sum_c log(1 - sigmoid(z_c))`` for sigmoid heads. Maximising it drives every query's object probability down;
   its gradient is dominated by the queries still confident about an object.
@@ -43,6 +44,9 @@ Success: no target is still detected, i.e. no detection among the top :data:`MAX
 ``>= score_threshold`` (default :data:`METRIC_FLOOR`, what mAP sees), the target's label and IoU
 ``>= iou_threshold`` with it. An image without targets is vacuously successful (nothing to remove). The score
 (what the attacks keep the best of) is minus the sum over targets of the highest score of such a detection.
+Success and score are tensor ops over the batch's padded detections and targets, with no host synchronisation; a
+measurement with a Hungarian loss costs the adapter two transfers (the costs to the host, the matched indices
+back, non-blocking on CUDA), the others none, whatever the batch size (``tests/test_task_syncs.py``).
 
 >>> import numpy as np, transformers as hf
 >>> backbone = hf.ResNetConfig(embedding_size=8, hidden_sizes=[8] * 4, depths=[1] * 4, layer_type="basic",
@@ -67,19 +71,19 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from hf_sparse_attack.objective import Measurement
-from hf_sparse_attack.validation import check_range
 
 from .base import TaskObjective
 from .boxes import box_iou, cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
-from .matching import match_queries
+from .matching import assign, matching_costs
+from .options import DetectionOptions
 from .pixels import image_list, image_size, processor_pixels
 
 #: Model types of the DETR family and how their class logits score objects.
@@ -93,35 +97,8 @@ DETECTION_HEADS = {
 }
 #: At most this many detections per image (Hugging Face's ``top_k`` for sigmoid heads).
 MAX_DETECTIONS = 100
-DETECTION_LOSSES = ("hungarian+targets", "hungarian", "targets", "vanish")
 _FOCAL_GAMMA = 2.0
 _MATCHER_FOCAL_ALPHA = 0.25  # fixed in the sigmoid matcher's class cost, as in Deformable DETR
-
-
-#: The lowest score of a detection that counts for success and score by default: what mAP sees (it ranks every
-#: detection of the top :data:`MAX_DETECTIONS`; one below 0.001 adds next to nothing to any AP).
-METRIC_FLOOR = 0.001
-
-
-@dataclass(frozen=True)
-class DetectionOptions:
-    """``loss``: one of :data:`DETECTION_LOSSES`. A target counts as detected by a prediction among the top
-    :data:`MAX_DETECTIONS` with score ``>= score_threshold``, the same label and IoU ``>= iou_threshold``; the
-    default threshold is the metric's floor, so an attack stops early only when mAP cannot count the target any
-    more (raise it when you report detections at a threshold). ``target_threshold``: the score from which a clean
-    detection is taken as a target when there is no ground truth, and drawn in pictures."""
-
-    loss: str = "hungarian+targets"
-    score_threshold: float = METRIC_FLOOR
-    iou_threshold: float = 0.5
-    target_threshold: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.loss not in DETECTION_LOSSES:
-            raise ValueError(f"unknown detection loss {self.loss!r}; allowed: {list(DETECTION_LOSSES)}")
-        check_range("score_threshold", self.score_threshold, 0.0, 1.0)
-        check_range("iou_threshold", self.iou_threshold, 0.0, 1.0, low_open=True)
-        check_range("target_threshold", self.target_threshold, 0.0, 1.0)
 
 
 class SetLossTerms(NamedTuple):
@@ -140,22 +117,22 @@ class SetLossTerms(NamedTuple):
 
 
 class _Truth(NamedTuple):
-    """Targets padded to the batch's most: ``labels (B, T)`` (-1 for padding), pixel xyxy ``boxes (B, T, 4)``."""
+    """Targets padded to the batch's most: ``labels (B, T)`` (-1 for padding), pixel xyxy ``boxes (B, T, 4)``
+    (zeros for padding), and ``counts``, each image's number of targets, known on the host (no sync)."""
 
     labels: Tensor
     boxes: Tensor
+    counts: list[int]
 
     @classmethod
-    def pad(cls, targets: list[dict], sizes: Tensor, device: torch.device) -> _Truth:
-        most = max([len(t["labels"]) for t in targets], default=0)
-        labels = torch.full((len(targets), most), -1, dtype=torch.long, device=device)
-        boxes = torch.zeros(len(targets), most, 4, device=device)
-        for i, target in enumerate(targets):
-            n = len(target["labels"])
-            if n:
-                labels[i, :n] = torch.as_tensor(target["labels"], device=device).long().reshape(-1)
-                boxes[i, :n] = torch.as_tensor(target["boxes"], device=device).float().reshape(-1, 4)
-        return cls(labels, boxes)
+    def pad(cls, targets: list[dict], device: torch.device) -> _Truth:
+        labels = [torch.as_tensor(t["labels"], device=device).long().reshape(-1) for t in targets]
+        boxes = [torch.as_tensor(t["boxes"], device=device).float().reshape(-1, 4) for t in targets]
+        return cls(
+            pad_sequence(labels, batch_first=True, padding_value=-1),
+            pad_sequence(boxes, batch_first=True),
+            [len(t) for t in labels],
+        )
 
 
 class DetectionObjective(TaskObjective):
@@ -189,15 +166,13 @@ class DetectionObjective(TaskObjective):
         targets of the highest score of a detection that still finds the target (same label, IoU >=
         ``iou_threshold``, score >= ``score_threshold``), 0 when none does. AP ranks every detection, so this is
         what an attack must drive down for mAP to fall: the true positives' scores."""
-        sizes = self._sizes(x, [t.get("size") for t in targets])
-        logits, boxes = self.outputs(x, sizes)
-        truth = _Truth.pad(targets, sizes, x.device)
+        logits, boxes, truth, sizes = self._forward(x, targets)
         name = self.options.loss
         loss = logits.new_zeros(x.shape[0])
         if name == "vanish":
             loss = self._vanish(logits)
         if name in ("hungarian", "hungarian+targets"):
-            loss = loss + self._combine(self._set_loss_terms(logits, boxes, targets, sizes))
+            loss = loss + self._combine(self._set_loss_terms(logits, boxes, truth, sizes))
         if name in ("targets", "hungarian+targets"):
             loss = loss + self._vanish_targets(logits, boxes, truth, sizes)
         with torch.no_grad():
@@ -206,16 +181,14 @@ class DetectionObjective(TaskObjective):
 
     def found(self, x: Tensor, targets: list[dict]) -> Tensor:
         """``(B, T)``: per target (padded with zeros), the highest score of a detection that still finds it."""
-        sizes = self._sizes(x, [t.get("size") for t in targets])
         with torch.no_grad():
-            logits, boxes = self.outputs(x, sizes)
-            return self._found(logits, boxes, _Truth.pad(targets, sizes, x.device), sizes)
+            logits, boxes, truth, sizes = self._forward(x, targets)
+            return self._found(logits, boxes, truth, sizes)
 
     def hungarian_terms(self, x: Tensor, targets: list[dict]) -> SetLossTerms:
         """The per-image sums behind the ``"hungarian"`` loss (to compare with a batch-pooled reference)."""
-        sizes = self._sizes(x, [t.get("size") for t in targets])
-        logits, boxes = self.outputs(x, sizes)
-        return self._set_loss_terms(logits, boxes, targets, sizes)
+        logits, boxes, truth, sizes = self._forward(x, targets)
+        return self._set_loss_terms(logits, boxes, truth, sizes)
 
     def predict(self, x: Tensor, sizes: Any = None, score_threshold: float | None = None) -> list[dict]:
         """Detections per image: dicts of ``boxes`` (pixel xyxy), ``scores``, ``labels`` and ``size``.
@@ -270,14 +243,24 @@ class DetectionObjective(TaskObjective):
             out.append({**prediction, "boxes": boxes * scale, "size": original.long()})
         return out
 
+    def _forward(self, x: Tensor, targets: list[dict]) -> tuple[Tensor, Tensor, _Truth, Tensor]:
+        """:meth:`outputs` at the targets' sizes, the padded targets and those sizes ``(B, 2)``."""
+        sizes = self._sizes(x, [t.get("size") for t in targets])
+        return *self.outputs(x, sizes), _Truth.pad(targets, x.device), sizes
+
     def _sizes(self, x: Tensor, sizes: Any) -> Tensor:
-        """``(B, 2)`` long ``(height, width)`` per image; ``None`` entries (or ``sizes=None``) mean all of ``x``."""
-        full = torch.tensor(x.shape[-2:], device=x.device)
-        if sizes is None:
-            return full.expand(x.shape[0], 2)
+        """``(B, 2)`` long ``(height, width)`` per image; ``None`` entries (or ``sizes=None``) mean all of ``x``.
+
+        Built on the device without a host-to-device copy (and returned as it is when already a long tensor there).
+        """
         if isinstance(sizes, Tensor):
-            return sizes.to(device=x.device, dtype=torch.long).reshape(x.shape[0], 2)
-        return torch.stack([full if s is None else torch.as_tensor(s, device=x.device).long() for s in sizes])
+            return (sizes if sizes.device == x.device else sizes.to(x.device)).long().reshape(x.shape[0], 2)
+        full = torch.full((x.shape[0], 2), x.shape[-1], dtype=torch.long, device=x.device)
+        full[:, 0] = x.shape[-2]
+        if sizes is None:
+            return full
+        return torch.stack([full[i] if s is None else torch.as_tensor(s, device=x.device).long()
+                            for i, s in enumerate(sizes)])
 
     def _resize_annotation(self, annotation: dict, original: tuple[int, int], size: Tensor) -> dict:
         boxes = torch.as_tensor(annotation["boxes"], dtype=torch.float32).reshape(-1, 4)
@@ -355,55 +338,34 @@ class DetectionObjective(TaskObjective):
             return -F.softplus(logits).sum(-1).mean(1)
         return logits.log_softmax(-1)[..., -1].mean(1)
 
-    def _set_loss_terms(self, logits: Tensor, boxes: Tensor, targets: list[dict], sizes: Tensor) -> SetLossTerms:
+    def _set_loss_terms(self, logits: Tensor, boxes: Tensor, truth: _Truth, sizes: Tensor) -> SetLossTerms:
+        """DETR's set-loss sums per image, after matching the whole batch at once (:mod:`tasks.matching`)."""
         config = self.model.config
         b, q, k = logits.shape
-        device = logits.device
-        batch_index, query_index, target_boxes, target_labels, counts = [], [], [], [], []
+        normalised = xyxy_to_cxcywh(truth.boxes / sizes.flip(1).repeat(1, 2)[:, None].to(truth.boxes))  # (B, T, 4)
         with torch.no_grad():
             probs = logits.sigmoid() if self.sigmoid else logits.softmax(-1)
-        for i, target in enumerate(targets):
-            labels = torch.as_tensor(target["labels"], device=device).long().reshape(-1)
-            scale = sizes[i].flip(0).repeat(2).to(boxes)
-            normalised = xyxy_to_cxcywh(torch.as_tensor(target["boxes"], device=device).float().reshape(-1, 4) / scale)
-            counts.append(len(labels))
-            if len(labels) == 0:
-                continue
-            rows, cols = match_queries(
-                self._class_cost(probs[i], labels),
-                boxes[i],
-                normalised,
-                config.class_cost,
-                config.bbox_cost,
-                config.giou_cost,
-            )
-            batch_index.append(torch.full_like(rows, i))
-            query_index.append(rows)
-            target_boxes.append(normalised[cols])
-            target_labels.append(labels[cols])
-        num_boxes = torch.tensor(counts, device=device, dtype=torch.float32)
-        if batch_index:
-            batch_index, query_index = torch.cat(batch_index), torch.cat(query_index)
-            target_boxes, target_labels = torch.cat(target_boxes), torch.cat(target_labels)
-        else:
-            batch_index = query_index = target_labels = torch.zeros(0, dtype=torch.long, device=device)
-            target_boxes = torch.zeros(0, 4, device=device)
+            class_cost = self._class_cost(probs, truth.labels.clamp(min=0))
+            costs = matching_costs(class_cost, boxes, normalised, config.class_cost, config.bbox_cost, config.giou_cost)
+        image, query, target = assign(costs, truth.counts)
+        target_boxes, target_labels = normalised[image, target], truth.labels[image, target]
+        num_boxes = (truth.labels >= 0).sum(1).float()
 
-        matched = boxes[batch_index, query_index]
+        matched = boxes[image, query]
         l1 = (matched - target_boxes).abs().sum(1)
         giou = 1 - generalized_box_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(target_boxes))
-        l1_sum = torch.zeros(b, device=device).index_add(0, batch_index, l1)
-        giou_sum = torch.zeros(b, device=device).index_add(0, batch_index, giou)
+        l1_sum = boxes.new_zeros(b).index_add(0, image, l1)
+        giou_sum = boxes.new_zeros(b).index_add(0, image, giou)
 
         if self.sigmoid:
             onehot = torch.zeros_like(logits)
-            onehot[batch_index, query_index, target_labels] = 1.0
+            onehot[image, query, target_labels] = 1.0
             focal = _sigmoid_focal(logits, onehot, config.focal_alpha)
             class_sum, class_norm = focal.sum((1, 2)), num_boxes.clamp(min=1)
         else:
-            classes = torch.full((b, q), k - 1, dtype=torch.long, device=device)
-            classes[batch_index, query_index] = target_labels
-            weight = torch.ones(k, device=device)
+            classes = torch.full((b, q), k - 1, dtype=torch.long, device=logits.device)
+            classes[image, query] = target_labels
+            weight = logits.new_ones(k)
             weight[-1] = config.eos_coefficient
             nll = F.cross_entropy(logits.transpose(1, 2), classes, reduction="none")
             per_query = weight[classes]
@@ -420,8 +382,8 @@ class DetectionObjective(TaskObjective):
         )
 
     def _class_cost(self, probs: Tensor, labels: Tensor) -> Tensor:
-        """``(Q, n)`` matching cost of each query for each target label (lower is better)."""
-        probs = probs[:, labels]
+        """``(B, Q, T)`` matching cost of each query for each target label ``labels (B, T)`` (lower is better)."""
+        probs = probs.gather(2, labels[:, None].expand(-1, probs.shape[1], -1))
         if not self.sigmoid:
             return -probs
         alpha = _MATCHER_FOCAL_ALPHA

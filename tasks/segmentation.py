@@ -44,7 +44,6 @@ A sample without labelled pixels has loss 0 and is vacuously successful.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,33 +53,12 @@ from PIL import Image
 from torch import Tensor
 
 from hf_sparse_attack.objective import Measurement
-from hf_sparse_attack.validation import check_range
 
-from .base import TaskObjective, check_flag
+from .base import TaskObjective
+from .options import SegmentationOptions
 from .pixels import image_list, image_size, processor_pixels
 
-SEGMENTATION_LOSSES = ("ce_balanced", "ce", "ce_correct", "segpgd", "margin")
 _SEGPGD_WEIGHT = 0.25
-
-
-@dataclass(frozen=True)
-class SegmentationOptions:
-    """``loss``: one of :data:`SEGMENTATION_LOSSES`; ``targeted``: targets are target maps; ``adv_threshold``:
-    fraction of labelled pixels to fool (or to turn into the target) for success; ``ignore_index``: label of
-    unlabelled pixels."""
-
-    loss: str = "ce_balanced"
-    targeted: bool = False
-    adv_threshold: float = 0.99
-    ignore_index: int = 255
-
-    def __post_init__(self) -> None:
-        if self.loss not in SEGMENTATION_LOSSES:
-            raise ValueError(f"unknown segmentation loss {self.loss!r}; allowed: {list(SEGMENTATION_LOSSES)}")
-        check_flag("targeted", self.targeted)
-        check_range("adv_threshold", self.adv_threshold, 0.0, 1.0, low_open=True)
-        if not isinstance(self.ignore_index, int) or isinstance(self.ignore_index, bool):
-            raise ValueError(f"ignore_index must be an integer, got {self.ignore_index!r}")
 
 
 class SegmentationObjective(TaskObjective):

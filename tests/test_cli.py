@@ -283,7 +283,8 @@ def test_a_bug_is_one_line_with_exit_code_1_and_its_traceback_with_debug(images,
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+           if line.strip() and "Loading weights" not in line and not line.startswith("attacking")]  # progress
     assert len(err) == 1 and "a bug" in err[0] and "AuditError: budget exceeded" in err[0] and "--debug" in err[0]
     with pytest.raises(AuditError, match="budget exceeded"):
         cli.main(["--debug", *argv[:-1], str(tmp_path / "again")])
@@ -332,3 +333,11 @@ def test_console_script_exit_code(tmp_path):
     assert done.returncode == 0 and "adversarial" in done.stdout
     done = subprocess.run([script, "nope"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+def test_every_input_error_is_a_value_error_so_it_exits_2():
+    from hf_sparse_attack.evaluation.harness.data import DataError
+    from hf_sparse_attack.evaluation.harness.records import OutputDirError
+    from hf_sparse_attack.tasks import TaskLoadError
+
+    assert all(issubclass(error, ValueError) for error in (UsageError, DataError, OutputDirError, TaskLoadError))

@@ -96,3 +96,21 @@ def test_annotations_are_consistent():
             inside = s.label_map[y0:y1, x0:x1] == label + 1
             # the box is tight around visible pixels of its class: every border row and column touches the object
             assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+
+
+@pytest.mark.parametrize("name", ["classifier", "detector"])
+def test_training_recipe_saves_a_model_that_loads_by_path(name, tmp_path):
+    """The rebuild tools run end to end (two steps): the detector's trainable norms are swapped back for saving."""
+    import importlib
+
+    from hf_sparse_attack.tasks import load_task
+
+    script = importlib.import_module(f"hf_sparse_attack.evaluation.embedded.train_{name}")
+    summary = script.main(["--output_dir", str(tmp_path / "model"), "--checkpoint_dir", str(tmp_path / "ckpt"),
+                           "--max_train_steps", "2", "--eval_every", "0", "--eval_images", "2"])
+    assert summary["steps"] == 2 and summary["arguments"]["max_grad_norm"] == script.RECIPE.max_grad_norm
+    objective = load_task(str(tmp_path / "model"))
+    assert objective.task == MODELS[name]
+    if name == "detector":  # DETR's own frozen norms, as from_pretrained builds them
+        norms = {type(m).__name__ for m in objective.model.modules() if "BatchNorm" in type(m).__name__}
+        assert norms == {"ConditionalDetrFrozenBatchNorm2d"}

@@ -9,7 +9,7 @@ from PIL import Image
 
 from hf_sparse_attack import SparseAutoAttack, SparsePGD, SparseRS, kernels
 from hf_sparse_attack.evaluation import eval_classification
-from hf_sparse_attack.evaluation.harness.attack_flags import attack_configs, parse_kernel
+from hf_sparse_attack.evaluation.harness.attack_configs import attack_configs, parse_kernel
 from hf_sparse_attack.evaluation.harness.command_line import UsageError
 from hf_sparse_attack.evaluation.harness.records import OutputDirError, RunDirectory
 from hf_sparse_attack.evaluation.harness.script_flags import build_parser, settings
@@ -18,7 +18,7 @@ REQUIRED = ["--model_name_or_path", "m", "--output_dir", "o", "--dataset_name", 
 
 
 def parse(*flags):
-    return build_parser(eval_classification.SPEC).parse_args([*REQUIRED, *flags])
+    return build_parser("classification").parse_args([*REQUIRED, *flags])
 
 
 @pytest.mark.parametrize(

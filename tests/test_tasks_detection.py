@@ -7,9 +7,10 @@ from attack_checks import assert_valid_result
 from tiny_models import DETECTORS, photo_crops, random_sparse_noise
 
 from hf_sparse_attack import SparsePGD
-from hf_sparse_attack.tasks import DetectionObjective, load_task
+from hf_sparse_attack.tasks import DetectionObjective, DetectionOptions, load_task
 from hf_sparse_attack.tasks.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
-from hf_sparse_attack.tasks.detection import DETECTION_LOSSES
+from hf_sparse_attack.tasks.matching import assign, match_queries, matching_costs
+from hf_sparse_attack.tasks.options import DETECTION_LOSSES
 
 torch.set_num_threads(1)
 
@@ -273,3 +274,50 @@ def test_the_targets_loss_pushes_down_only_the_queries_that_find_a_target(model_
                     p = logits[i, q].sigmoid()[label] if objective.sigmoid else logits[i, q].softmax(-1)[label]
                     total += torch.log1p(-p).item()
         assert loss[i].item() == pytest.approx(total / len(target["labels"]), rel=1e-4, abs=1e-6)
+
+
+def test_bad_options_name_the_value_and_what_is_allowed():
+    allowed = r"\['hungarian\+targets', 'hungarian', 'targets', 'vanish'\]"
+    with pytest.raises(ValueError, match=rf"unknown detection loss 'ce'; allowed: {allowed}"):
+        DetectionOptions(loss="ce")
+    with pytest.raises(ValueError, match=r"iou_threshold must be in \(0.0, 1.0\], got 0"):
+        DetectionOptions(iou_threshold=0)
+
+
+def test_batch_matching_pairs_each_image_as_if_alone():
+    """Targets padded per batch (0, 1, several and more than the queries): the pairs of one batched assignment are
+    those of each image's own assignment, image by image."""
+    gen = torch.Generator().manual_seed(0)
+    counts, queries = [3, 0, 7, 1], 5
+    pred = xyxy_to_cxcywh(torch.rand(4, queries, 4, generator=gen).sort(-1).values)
+    target = xyxy_to_cxcywh(torch.rand(4, max(counts), 4, generator=gen).sort(-1).values)
+    class_cost = torch.rand(4, queries, max(counts), generator=gen)
+    weights = {"class_weight": 1, "bbox_weight": 5, "giou_weight": 2}
+    pairs = assign(matching_costs(class_cost, pred, target, **weights), counts)
+    expected = []
+    for i, n in enumerate(counts):
+        rows, cols = match_queries(class_cost[i, :, :n], pred[i], target[i, :n], **weights)
+        expected.append(torch.stack((torch.full_like(rows, i), rows, cols)))
+    assert torch.equal(pairs, torch.cat(expected, 1))
+    assert pairs.shape[1] == 3 + 0 + queries + 1  # more targets than queries: every query is matched
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_batch_with_more_targets_than_queries_scores_each_image_as_alone(model_dirs, images, family):
+    objective = load_task(model_dirs[family], score_threshold=0.0)
+    x, _ = objective.prepare(images[:3])
+    gen = torch.Generator().manual_seed(1)
+    corners = torch.rand(13, 2, generator=gen) * 40
+    crowd = {"labels": torch.randint(0, 3, (13,), generator=gen),
+             "boxes": torch.cat((corners, corners + 4 + torch.rand(13, 2, generator=gen) * 20), 1)}
+    found = objective.predict(x[2:], score_threshold=0.0)[0]
+    targets = [crowd, {"labels": crowd["labels"][:0], "boxes": crowd["boxes"][:0]},
+               {"labels": found["labels"][:2], "boxes": found["boxes"][:2]}]  # 13 > 10 queries, none, 2 found
+    measured = objective.loss_success_score(x, targets)
+    assert torch.isfinite(measured.loss).all() and measured.success[1]
+    assert not measured.success[2] and measured.score[2] < 0
+    for i in range(3):  # images of one size: no padding, so each image alone gives the same numbers
+        alone = objective.loss_success_score(x[i : i + 1], targets[i : i + 1])
+        assert alone.loss.item() == pytest.approx(measured.loss[i].item(), rel=1e-4, abs=1e-6)
+        assert alone.success.item() == measured.success[i].item()
+        assert alone.score.item() == pytest.approx(measured.score[i].item(), abs=1e-5)

@@ -7,8 +7,8 @@ from attack_checks import assert_valid_result
 from tiny_models import RESOLUTION, photo_crops, random_sparse_noise, tiny_segformer
 
 from hf_sparse_attack import SparsePGD
-from hf_sparse_attack.tasks import SegmentationObjective, load_task
-from hf_sparse_attack.tasks.segmentation import SEGMENTATION_LOSSES
+from hf_sparse_attack.tasks import SegmentationObjective, SegmentationOptions, load_task
+from hf_sparse_attack.tasks.options import SEGMENTATION_LOSSES
 
 torch.set_num_threads(1)
 
@@ -167,3 +167,11 @@ def test_sparse_pgd_beats_random_noise_of_the_same_budget(model_dir, images):
     result = assert_valid_result(SparsePGD(k=k, steps=50)(objective, x, labels), x, k)
     noise = torch.stack([objective.success(random_sparse_noise(x, k, seed), labels) for seed in range(4)])
     assert result.success.float().mean() >= noise.float().mean() + 0.25
+
+
+def test_bad_options_name_the_value_and_what_is_allowed():
+    allowed = r"\['ce_balanced', 'ce', 'ce_correct', 'segpgd', 'margin'\]"
+    with pytest.raises(ValueError, match=rf"unknown segmentation loss 'hungarian'; allowed: {allowed}"):
+        SegmentationOptions(loss="hungarian")
+    with pytest.raises(ValueError, match="targeted must be True or False, got 'yes'"):
+        SegmentationOptions(targeted="yes")

@@ -189,7 +189,7 @@ def dying_replace(source, target):  # SIGKILL this process as the complete step_
     if os.path.basename(source) == ".step_4.tmp":
         os.kill(os.getpid(), signal.SIGKILL)
     replace(source, target)
-train_sparse_adversarial.os.replace = dying_replace
+os.replace = dying_replace  # the module os, as the training run sees it
 train_sparse_adversarial.main(sys.argv[1:])
 """
 
@@ -360,7 +360,8 @@ def test_the_output_dir_cannot_be_the_model_directory(setup, tmp_path, capsys):
 
 
 def test_resume_ignores_and_replaces_checkpoints_cut_short(setup, finished, tmp_path):
-    from hf_sparse_attack.evaluation.train_sparse_adversarial import STATE_DIR, main
+    from hf_sparse_attack.evaluation.harness.adversarial_training import STATE_DIR
+    from hf_sparse_attack.evaluation.train_sparse_adversarial import main
 
     tmp, model = setup
     out = tmp_path / "killed"
@@ -389,7 +390,9 @@ def test_a_run_killed_during_the_final_save_leaves_no_results(setup, finished, t
     def killed(history, path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(script, "plot_curves", killed)
+    from hf_sparse_attack.evaluation.harness import adversarial_training
+
+    monkeypatch.setattr(adversarial_training, "plot_curves", killed)
     with pytest.raises(KeyboardInterrupt):
         script.main(arguments(model, tmp / "data", out, "--max_train_steps", "3", "--resume_from_checkpoint",
                               "latest"))

@@ -26,11 +26,10 @@ import torch
 
 from hf_sparse_attack import SparseAutoAttack, SparsePGD, SparseRS
 from hf_sparse_attack.evaluation.embedded import load
-from hf_sparse_attack.evaluation.eval_detection import xyxy_to_xywh
 from hf_sparse_attack.evaluation.harness.metrics import DetectionRobustness, SegmentationRobustness
+from hf_sparse_attack.evaluation.harness.specs.detection import xyxy_to_xywh
 from hf_sparse_attack.evaluation.testdata.shapes import TEST_SEED, shapes_batch
-from hf_sparse_attack.tasks.detection import DETECTION_LOSSES
-from hf_sparse_attack.tasks.segmentation import SEGMENTATION_LOSSES
+from hf_sparse_attack.tasks.options import DETECTION_LOSSES, SEGMENTATION_LOSSES
 
 #: ``--attacks`` name -> attack config for a budget k.
 ATTACKS: dict[str, Callable[[int, int], object]] = {

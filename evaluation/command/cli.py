@@ -21,12 +21,11 @@ from pathlib import Path
 
 from hf_sparse_attack.evaluation.harness.attack_flags import add_attack_arguments
 from hf_sparse_attack.evaluation.harness.command_line import Parser, UsageError, debug_mode, debugging, report
-from hf_sparse_attack.evaluation.harness.script_flags import loss_help
+from hf_sparse_attack.evaluation.harness.device_flags import add_device_arguments
+from hf_sparse_attack.evaluation.harness.task_flags import add_task_arguments, task_options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SUMMARY = "summary.json"
-#: The ``attack`` flags that set options of the model's task (``tasks.load_task`` keywords of the same names).
-TASK_FLAGS = ("loss", "score_threshold", "iou_threshold", "target_threshold", "adv_threshold")
 
 
 class CliError(UsageError):
@@ -57,32 +56,10 @@ def attack_parser() -> Parser:
     add_attack_arguments(parser.add_argument_group("attack"))  # shared with the evaluation scripts
     add_task_arguments(parser.add_argument_group("task options (each applies to the tasks it names only; "
                                                  "default: the task's own)"))
+    run = parser.add_argument_group("device and precision")
+    run.add_argument("--per_device_batch_size", type=int, default=8, help="images attacked together (default 8)")
+    add_device_arguments(run, processes=False)
     return parser
-
-
-def add_task_arguments(group: argparse._ArgumentGroup) -> None:
-    """The :data:`TASK_FLAGS`, default ``None`` (unset: the task's default applies), helped with each task's
-    choices and defaults."""
-    from hf_sparse_attack.tasks.detection import DetectionOptions
-    from hf_sparse_attack.tasks.segmentation import SegmentationOptions
-
-    detection = DetectionOptions()
-    group.add_argument("--loss", help=f"the attack loss of the model's task; {loss_help()}")
-    group.add_argument("--score_threshold", type=float, help="detection: a target still counts as detected by a "
-                       "detection of its label with IoU >= --iou_threshold and a score from this one (default "
-                       f"{detection.score_threshold}, the lowest score mAP counts)")
-    group.add_argument("--iou_threshold", type=float, help="detection: the IoU from which a detection finds a "
-                       f"target (default {detection.iou_threshold})")
-    group.add_argument("--target_threshold", type=float, help="detection: the clean detections from this score "
-                       "are the objects to remove, and the ones reported and listed in the predictions (default "
-                       f"{detection.target_threshold})")
-    group.add_argument("--adv_threshold", type=float, help="segmentation: the fraction of labelled pixels whose "
-                       f"class must change for success (default {SegmentationOptions().adv_threshold})")
-
-
-def task_options(args: argparse.Namespace) -> dict:
-    """The task options the user set (the :data:`TASK_FLAGS` not ``None``), for ``tasks.load_task``."""
-    return {name: getattr(args, name) for name in TASK_FLAGS if getattr(args, name) is not None}
 
 
 def previous_outputs(out: Path, files: list[Path]) -> list[Path]:
@@ -158,23 +135,115 @@ def detection_objects(objective, x, adversarial, targets) -> list[dict]:
                                                  clean, attacked)]
 
 
-def change(objective, x, result, targets, clean: dict, adversarial: dict) -> dict:
-    """What the attack changed in the task's terms (fields of the attack's summary entry); ``report`` says it in
-    words, as the console line does. ``clean`` and ``adversarial`` are the :func:`prediction` of either image."""
-    fooled = "fooled" if bool(result.success[0]) else "not fooled"
+def change(objective, x, adversarial, success: bool, targets, clean: dict, attacked: dict) -> dict:
+    """What the attack changed in the task's terms (fields of the attack's summary entry) for one image ``x``
+    ``(1, C, H, W)``; ``report`` says it in words, as the console line does. ``clean`` and ``attacked`` are the
+    :func:`prediction` of either image."""
+    fooled = "fooled" if success else "not fooled"
     if objective.task == "classification":
-        return {"report": f"{fooled}: {clean['name']} -> {adversarial['name']}"}
+        return {"report": f"{fooled}: {clean['name']} -> {attacked['name']}"}
     if objective.task == "detection":
-        objects = detection_objects(objective, x, result.adversarial, targets)
+        objects = detection_objects(objective, x, adversarial, targets)
         removed = sum(o["removed"] for o in objects)
         scores = ", ".join(f"{o['name']} {o['clean_score']:.2f} -> {o['adversarial_score']:.2f}" for o in objects)
         return {"objects": objects, "objects_removed": removed,
                 "report": f"{removed} of {len(objects)} objects removed ({scores})"}
     labelled = targets[0] != objective.options.ignore_index
-    moved = (objective.predict(x)[0] != objective.predict(result.adversarial)[0]) & labelled
+    moved = (objective.predict(x)[0] != objective.predict(adversarial)[0]) & labelled
     fraction = moved.sum().item() / max(labelled.sum().item(), 1)
     return {"pixels_changed_class": fraction, "report": f"{fooled}: {fraction:.1%} of labelled pixels changed "
-            f"class (classes {', '.join(clean['names'])} -> {', '.join(adversarial['names'])})"}
+            f"class (classes {', '.join(clean['names'])} -> {', '.join(attacked['names'])})"}
+
+
+def read_images(objective, files: list[Path]) -> tuple[list, list[dict]]:
+    """``[(file, x (1, C, H, W), targets)]`` for the files the model's processor takes, and a skipped entry (with
+    the reason) for each other one."""
+    from PIL import Image
+
+    prepared, skipped = [], []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                prepared.append((file, *objective.prepare([image.convert("RGB")])))
+        except (OSError, ValueError) as err:
+            skipped.append({"file": str(file), "skipped": f"cannot read or prepare it: {err}"})
+    return prepared, skipped
+
+
+def image_batches(prepared: list, size: int) -> list[list]:
+    """Consecutive groups of at most ``size`` prepared images of one shape (a detection batch of several shapes
+    would be padded, and the attack could spend budget on the padding)."""
+    groups: list[list] = []
+    for item in prepared:
+        if groups and len(groups[-1]) < size and groups[-1][-1][1].shape == item[1].shape:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def stack(items: list) -> tuple:
+    """One batch ``(x, targets)`` from prepared single images."""
+    import torch
+
+    x = torch.cat([item[1] for item in items])
+    parts = [item[2] for item in items]
+    return x, torch.cat(parts) if isinstance(parts[0], torch.Tensor) else [t for part in parts for t in part]
+
+
+def attack_images(objective, attacks: list, prepared: list, files: list[Path], args: argparse.Namespace, out: Path,
+                  bar) -> list[dict]:
+    """Attack the prepared images in batches of ``--per_device_batch_size``; their summary entries. An image's
+    attack is seeded by its position among ``files`` (the same whatever the batch size or the files skipped)."""
+    from hf_sparse_attack.evaluation.harness.batch import attack_fields
+    from hf_sparse_attack.evaluation.harness.device_flags import autocast
+    from hf_sparse_attack.evaluation.harness.pictures import perturbed_pixels
+    from hf_sparse_attack.evaluation.harness.progress import AttackProgress, attack_length
+    from hf_sparse_attack.evaluation.harness.records import save_png
+    from hf_sparse_attack.objective import select
+
+    entries, watched = [], AttackProgress(objective, bar)
+    for group in image_batches(prepared, args.per_device_batch_size):
+        x, targets = stack(group)
+        x = x.to(objective.device)
+        ids = [files.index(item[0]) for item in group]
+        todo = []
+        for i, (file, *_) in enumerate(group):
+            mine = select(targets, [i])
+            save_png(out / file.name / "clean.png", x[i])
+            entry = {"file": str(file), "clean_prediction": prediction(objective, x[i : i + 1], mine), "attacks": []}
+            entries.append(entry)
+            if reason := nothing_to_attack(objective, mine):
+                entry["nothing_to_attack"] = reason
+                bar.write(f"{file}: nothing to attack, {reason}")
+                bar.update(sum(attack_length(a) for a in attacks))
+            else:
+                todo.append(i)
+        if not todo:
+            continue
+        x, targets, ids = x[todo], select(targets, todo), [ids[i] for i in todo]
+        for attack in attacks:
+            with autocast(objective.device, args.mixed_precision), watched.running(attack):
+                result = attack(watched, x, targets, ids=ids)
+            for j, i in enumerate(todo):
+                entry, name = entries[len(entries) - len(group) + i], group[i][0].name
+                mine, adversarial = select(targets, [j]), result.adversarial[j : j + 1]
+                save_png(out / name / f"adversarial_k{attack.k}.png", adversarial[0])
+                mask = perturbed_pixels(x[j], adversarial[0]).to(dtype=bool).cpu().numpy().astype("uint8") * 255
+                save_png(out / name / f"perturbation_k{attack.k}.png", mask)
+                attacked = prediction(objective, adversarial, mine)
+                entry["attacks"].append({
+                    "k": attack.k, **attack_fields(result, j), "adversarial_prediction": attacked,
+                    **change(objective, x[j : j + 1], adversarial, bool(result.success[j]), mine,
+                             entry["clean_prediction"], attacked),
+                    "adversarial": f"{name}/adversarial_k{attack.k}.png",
+                    "perturbation": f"{name}/perturbation_k{attack.k}.png",
+                })
+        for i in todo:
+            entry = entries[len(entries) - len(group) + i]
+            bar.write(f"{entry['file']}: " + "; ".join(f"k={a['k']}, L0 {a['l0']}: {a['report']}"
+                                                       for a in entry["attacks"]))
+    return entries
 
 
 def run_attack(args: argparse.Namespace) -> dict:
@@ -182,59 +251,60 @@ def run_attack(args: argparse.Namespace) -> dict:
     import dataclasses
 
     import torch
-    from PIL import Image
+    from tqdm.auto import tqdm
 
     from hf_sparse_attack import tasks
     from hf_sparse_attack.config import to_dict
-    from hf_sparse_attack.evaluation.harness.attack_flags import attack_configs
-    from hf_sparse_attack.evaluation.harness.batch import attack_fields
-    from hf_sparse_attack.evaluation.harness.pictures import perturbed_pixels
-    from hf_sparse_attack.evaluation.harness.records import save_png, write_json
+    from hf_sparse_attack.evaluation.harness.attack_configs import attack_configs
+    from hf_sparse_attack.evaluation.harness.device_flags import torch_dtype
+    from hf_sparse_attack.evaluation.harness.progress import attack_length
+    from hf_sparse_attack.evaluation.harness.records import write_json
 
-    if args.num_threads < 1:
-        raise UsageError(f"--num_threads must be a positive integer, got {args.num_threads}")
+    for name in ("num_threads", "per_device_batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     attacks = attack_configs(args)
     files = image_files(args.inputs)
+    device = attack_device(args.device)
+    args.mixed_precision = args.mixed_precision or "no"
     options = task_options(args)  # an option the model's task does not take is a TaskLoadError naming both
     tasks.check_model(args.model_name_or_path, trust_remote_code=args.trust_remote_code, **options)
     out = Path(args.output_dir)
     open_output_dir(out, files, args.overwrite)
     torch.set_num_threads(args.num_threads)
-    objective = tasks.load_task(args.model_name_or_path, trust_remote_code=args.trust_remote_code, **options)
-    images = []
-    for i, file in enumerate(files):
-        try:
-            with Image.open(file) as image:
-                x, targets = objective.prepare([image.convert("RGB")])
-        except (OSError, ValueError) as err:
-            raise CliError(f"cannot attack {str(file)!r}: {err}") from err
-        name = file.name
-        save_png(out / name / "clean.png", x[0])
-        clean = prediction(objective, x, targets)
-        entry = {"file": str(file), "clean_prediction": clean, "attacks": []}
-        images.append(entry)
-        if reason := nothing_to_attack(objective, targets):
-            entry["nothing_to_attack"] = reason
-            print(f"{file}: nothing to attack, {reason}")
-            continue
-        for attack in attacks:
-            result = attack(objective, x, targets, ids=[i])
-            save_png(out / name / f"adversarial_k{attack.k}.png", result.adversarial[0])
-            mask = perturbed_pixels(x[0], result.adversarial[0]).to(torch.uint8).mul(255).cpu().numpy()
-            save_png(out / name / f"perturbation_k{attack.k}.png", mask)
-            adversarial = prediction(objective, result.adversarial, targets)
-            entry["attacks"].append({
-                "k": attack.k, **attack_fields(result, 0), "adversarial_prediction": adversarial,
-                **change(objective, x, result, targets, clean, adversarial),
-                "adversarial": f"{name}/adversarial_k{attack.k}.png",
-                "perturbation": f"{name}/perturbation_k{attack.k}.png",
-            })
-        print(f"{file}: " + "; ".join(f"k={a['k']}, L0 {a['l0']}: {a['report']}" for a in entry["attacks"]))
+    objective = tasks.load_task(args.model_name_or_path, device=device, dtype=torch_dtype(args),
+                                trust_remote_code=args.trust_remote_code, **options)
+    prepared, skipped = read_images(objective, files)
+    for entry in skipped:
+        print(f"{entry['file']}: skipped, {entry['skipped']}", file=sys.stderr)
+    if not prepared:
+        raise CliError(f"none of the {len(files)} images could be read ({skipped[0]['skipped']})")
+    print(f"{args.model_name_or_path} ({objective.task}) on {device}, weights {args.torch_dtype}, mixed precision "
+          f"{args.mixed_precision}: {len(prepared)} images, batches of {args.per_device_batch_size}")
+    passes = sum(attack_length(a) for a in attacks)
+    with tqdm(total=len(prepared) * passes, desc="attacking", unit="pass") as bar:
+        images = attack_images(objective, attacks, prepared, files, args, out, bar)
     summary = {"model_name_or_path": args.model_name_or_path, "task": objective.task,
                "task_options": dataclasses.asdict(objective.options), "attacks": [to_dict(a) for a in attacks],
-               "images": images}
+               "device": str(device), "torch_dtype": args.torch_dtype, "mixed_precision": args.mixed_precision,
+               "images": images, "skipped": skipped}
     write_json(out / SUMMARY, summary)
     return summary
+
+
+def attack_device(name: str):
+    """``--device`` of ``attack``: auto (CUDA when available), cpu, cuda or cuda:N; :class:`CliError` otherwise."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CliError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    return device
 
 
 def attack_command(argv: Sequence[str]) -> dict:
@@ -247,9 +317,6 @@ def attack_command(argv: Sequence[str]) -> dict:
 # ------------------------------------------------------------------------------------------------ dispatchers
 def eval_command(argv: Sequence[str]) -> object:
     """``hf-sparse-attack eval``: the evaluation script of the model's task, with all the arguments."""
-    from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
-
-    scripts = {m.SPEC.task: m for m in (eval_classification, eval_detection, eval_segmentation)}
     parser = Parser(prog="hf-sparse-attack eval", formatter_class=argparse.RawDescriptionHelpFormatter,
                     description="Evaluate a model's robustness on a dataset: reads the model's config, then runs "
                     "the evaluation script of its task (evaluation/eval_classification.py, eval_detection.py or "
@@ -267,16 +334,21 @@ def eval_command(argv: Sequence[str]) -> object:
     from hf_sparse_attack.tasks import infer_task
 
     task = infer_task(known.model_name_or_path, known.trust_remote_code)
-    return scripts[task].main(argv)
+    return script_command(f"hf_sparse_attack.evaluation.eval_{task}", "eval")(argv)
 
 
-def script_command(module: str) -> Callable[[Sequence[str]], object]:
-    """A command that hands every argument to ``module``'s ``main``."""
+def script_command(module: str, name: str) -> Callable[[Sequence[str]], object]:
+    """The command ``name``: hands every argument to ``module``'s ``main``, whose usage lines then say
+    ``hf-sparse-attack NAME`` (argparse takes the program name from ``sys.argv[0]``)."""
 
     def command(argv: Sequence[str]) -> object:
         import importlib
 
-        return importlib.import_module(module).main(argv)
+        program, sys.argv[0] = sys.argv[0], f"hf-sparse-attack {name}"
+        try:
+            return importlib.import_module(module).main(argv)
+        finally:
+            sys.argv[0] = program
 
     return command
 
@@ -284,9 +356,9 @@ def script_command(module: str) -> Callable[[Sequence[str]], object]:
 COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
     "attack": attack_command,
     "eval": eval_command,
-    "transfer": script_command("hf_sparse_attack.evaluation.eval_transfer"),
-    "train": script_command("hf_sparse_attack.evaluation.train_sparse_adversarial"),
-    "demo": script_command("hf_sparse_attack.evaluation.command.demo"),
+    "transfer": script_command("hf_sparse_attack.evaluation.eval_transfer", "transfer"),
+    "train": script_command("hf_sparse_attack.evaluation.train_sparse_adversarial", "train"),
+    "demo": script_command("hf_sparse_attack.evaluation.command.demo", "demo"),
 }
 
 
@@ -309,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CliError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see --help)")
             COMMANDS[command](rest)
             return 0
-        except Exception as err:  # noqa: BLE001 (every failure is one line unless --debug)
+        except Exception as err:
             if debugging():
                 raise
             raise SystemExit(report("hf-sparse-attack", err)) from None

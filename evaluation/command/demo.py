@@ -27,20 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-import datasets
-from PIL import Image
-
 from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
 from hf_sparse_attack.evaluation.embedded import model_path
 from hf_sparse_attack.evaluation.harness.command_line import Parser, UsageError, run_script
-from hf_sparse_attack.evaluation.harness.records import (
-    RESULTS_FILE,
-    OutputDirError,
-    RunDirectory,
-    atomic_write,
-    write_json,
-)
-from hf_sparse_attack.evaluation.testdata.shapes import TEST_SEED, classification_batch, shapes_batch
 
 RESULTS = "demo_results.json"
 INDEX = "index.html"
@@ -79,6 +68,11 @@ MAX_SAMPLES = 1000
 
 def write_dataset(task: str, samples: int, path: Path) -> None:
     """``samples`` generated held-out images of ``task`` as a ``save_to_disk`` dataset (split ``validation``)."""
+    import datasets
+    from PIL import Image
+
+    from hf_sparse_attack.evaluation.testdata.shapes import TEST_SEED, classification_batch, shapes_batch
+
     if task == "classification":
         images, labels = classification_batch(samples, seed=TEST_SEED)
         columns = {"image": images, "label": labels.tolist()}
@@ -100,6 +94,8 @@ def write_dataset(task: str, samples: int, path: Path) -> None:
 
 def run_task(demo: DemoTask, args: argparse.Namespace, root: Path) -> dict:
     """Write the task's data, run its evaluation script in-process; its table row from ``all_results.json``."""
+    from hf_sparse_attack.evaluation.harness.records import RESULTS_FILE
+
     data, output = root / "data" / demo.task, root / "runs" / demo.task
     if data.exists():
         shutil.rmtree(data)
@@ -153,6 +149,8 @@ def caption(path: Path) -> str:
 
 def write_index(root: Path, rows: Sequence[dict]) -> None:
     """``index.html``: the table, then every PNG under ``runs/`` of each task, with captions (relative paths)."""
+    from hf_sparse_attack.evaluation.harness.records import atomic_write
+
     cells = "".join(
         f"<tr><td>{r['task']}</td><td>{r['model']}</td><td>{r['samples']}</td><td>{r['metric']}</td>"
         f"<td>{r['clean']:.3f}</td><td>{r['adversarial']:.3f}</td><td>{r['k']}</td><td>{r['time_seconds']}</td></tr>"
@@ -179,6 +177,8 @@ def write_index(root: Path, rows: Sequence[dict]) -> None:
 
 def run_demo(args: argparse.Namespace) -> dict:
     """Run every task, print the table, write ``demo_results.json`` and ``index.html``; returns the results."""
+    from hf_sparse_attack.evaluation.harness.records import OutputDirError, RunDirectory, write_json
+
     if not 1 <= args.samples <= MAX_SAMPLES:
         raise UsageError(f"--samples must be an integer in [1, {MAX_SAMPLES}], got {args.samples} (the demo is a "
                          "showcase; evaluate larger sets with hf-sparse-attack eval)")

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,41 @@ logger = logging.getLogger("hf_sparse_attack.evaluation.embedded")
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
-def base_parser(description: str, name: str, steps: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Recipe:
+    """What one embedded model's training is made of; :func:`run_recipe` runs it.
+
+    ``training_batch(step, batch_size)`` gives pixels in ``[0, 1]`` and labels, ``loss(model, pixels, labels)`` the
+    loss on normalised pixels, ``quality(objective, n=...)`` held-out metrics of ``objective_class(model,
+    processor)``; ``trainable(model, on)`` switches layers that train differently from how they are saved.
+    """
+
+    name: str
+    steps: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    build_model: Callable[[], tuple[torch.nn.Module, Any]]
+    training_batch: Callable[[int, int], tuple[torch.Tensor, Any]]
+    loss: Callable[[torch.nn.Module, torch.Tensor, Any], torch.Tensor]
+    quality: Callable[..., dict]
+    objective_class: type
+    max_grad_norm: float | None = None
+    trainable: Callable[[torch.nn.Module, bool], None] | None = None
+
+
+def base_parser(description: str, recipe: Recipe) -> argparse.ArgumentParser:
+    """The flags of a training script, with the recipe's defaults."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output_dir", default=str(MODELS_DIR / name), help="where save_pretrained writes the model")
-    parser.add_argument("--checkpoint_dir", default=f"/tmp/embedded_train/{name}",
+    parser.add_argument("--output_dir", default=str(MODELS_DIR / recipe.name),
+                        help="where save_pretrained writes the model")
+    parser.add_argument("--checkpoint_dir", default=f"/tmp/embedded_train/{recipe.name}",
                         help="training checkpoints (resumed from when present) and the log of evaluations")
-    parser.add_argument("--max_train_steps", type=int, default=steps)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=batch_size)
-    parser.add_argument("--learning_rate", type=float, default=lr)
+    parser.add_argument("--max_train_steps", type=int, default=recipe.steps)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=recipe.batch_size)
+    parser.add_argument("--learning_rate", type=float, default=recipe.learning_rate)
+    parser.add_argument("--weight_decay", type=float, default=recipe.weight_decay)
+    parser.add_argument("--max_grad_norm", type=float, default=recipe.max_grad_norm, help="gradient clipping")
     parser.add_argument("--warmup_steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -45,6 +73,32 @@ def base_parser(description: str, name: str, steps: int, batch_size: int, lr: fl
     parser.add_argument("--eval_images", type=int, default=200, help="held-out images of the final evaluation")
     parser.add_argument("--no_resume", action="store_true", help="ignore an existing checkpoint")
     return parser
+
+
+def run_recipe(recipe: Recipe, description: str, argv: list[str] | None = None) -> dict:
+    """Parse the flags, build the model and train it (:func:`train`); returns the training summary."""
+    from hf_sparse_attack.tasks.pixels import Normalizer
+
+    args = base_parser(description, recipe).parse_args(argv)
+    setup(args)
+    model, processor = recipe.build_model()
+    if recipe.trainable is not None:
+        recipe.trainable(model, True)
+    model.requires_grad_(True).train()
+    normalize = Normalizer.from_processor(processor)
+
+    def step_loss(step: int) -> torch.Tensor:
+        x, labels = recipe.training_batch(step, args.per_device_train_batch_size)
+        return recipe.loss(model, normalize(x), labels)
+
+    def evaluate(n: int) -> dict:
+        return held_out(recipe.quality, recipe.objective_class, model, processor, n)
+
+    def before_save() -> None:
+        if recipe.trainable is not None:
+            recipe.trainable(model, False)
+
+    return train(recipe.name, args, model, processor, step_loss, evaluate, before_save)
 
 
 def setup(args: argparse.Namespace) -> None:
@@ -59,6 +113,15 @@ def learning_rate_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.1 if step >= int(0.8 * total) else 1.0
+
+
+def label_config(classes) -> dict:
+    """The ``id2label`` and ``label2id`` config fields for class names ``classes``.
+
+    >>> label_config(["a", "b"])
+    {'id2label': {0: 'a', 1: 'b'}, 'label2id': {'a': 0, 'b': 1}}
+    """
+    return {"id2label": dict(enumerate(classes)), "label2id": {name: i for i, name in enumerate(classes)}}
 
 
 def images_to_tensor(images: list) -> torch.Tensor:
@@ -130,15 +193,15 @@ def held_out(quality: Callable, objective_class: type, model: torch.nn.Module, p
 
 def train(name: str, args: argparse.Namespace, model: torch.nn.Module, processor: Any,
           step_loss: Callable[[int], torch.Tensor], evaluate: Callable[[int], dict],
-          weight_decay: float, max_grad_norm: float | None = None,
-          before_save: Callable[[], None] | None = None) -> dict:
+          before_save: Callable[[], None]) -> dict:
     """The shared loop: AdamW with :func:`learning_rate_factor`, checkpoints, held-out evaluations, then
     ``save_pretrained`` of model and processor into ``args.output_dir`` with ``training_summary.json``.
 
     ``step_loss(step)`` builds that step's batch and returns its loss; ``evaluate(n)`` gives held-out metrics on
-    ``n`` images; ``before_save`` prepares the model for saving (after the final evaluation).
+    ``n`` images; ``before_save`` prepares the model for saving (after the final evaluation). AdamW's weight decay,
+    gradient clipping and the schedule come from ``args``.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     checkpoints = Checkpointer(args.checkpoint_dir)
     step, elapsed = (0, 0.0) if args.no_resume else checkpoints.load(model, optimizer)
     timer = Timer(elapsed)
@@ -151,8 +214,8 @@ def train(name: str, args: argparse.Namespace, model: torch.nn.Module, processor
             loss = step_loss(step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            if args.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
             step += 1
         if step % 20 == 0:
@@ -167,8 +230,7 @@ def train(name: str, args: argparse.Namespace, model: torch.nn.Module, processor
     logger.info("final held-out (%d images): %s", args.eval_images, metrics)
     checkpoints.record(step=step, seconds=timer.elapsed, final=True, **metrics)
     model.eval()
-    if before_save is not None:
-        before_save()
+    before_save()
     model.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)
     summary = {"model": name, "steps": step, "train_seconds": round(timer.elapsed, 1),

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hf_sparse_attack.evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
+from hf_sparse_attack.evaluation.embedded.common import Recipe, images_to_tensor, label_config, run_recipe
+from hf_sparse_attack.evaluation.embedded.quality import classification_quality
 from hf_sparse_attack.evaluation.testdata.shapes import CLASSES, TRAIN_SEED, classification_sample
+from hf_sparse_attack.tasks import ClassificationObjective
 
 IMAGE_SIZE = 64
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -33,8 +35,7 @@ def build_model():
         hidden_sizes=[16, 32, 64],
         depths=[1, 1, 1],
         layer_type="basic",
-        id2label=dict(enumerate(CLASSES)),
-        label2id={name: i for i, name in enumerate(CLASSES)},
+        **label_config(CLASSES),
     )
     model = hf.ResNetForImageClassification(config)
     processor = hf.ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=IMAGENET_MEAN,
@@ -49,27 +50,18 @@ def training_batch(step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tens
     return images_to_tensor([s.image for s in samples]), labels
 
 
+def loss(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(pixel_values=pixels).logits, labels)
+
+
+RECIPE = Recipe("classifier", steps=1500, batch_size=64, learning_rate=2e-3, weight_decay=1e-4,
+                build_model=build_model, training_batch=training_batch, loss=loss, quality=classification_quality,
+                objective_class=ClassificationObjective)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = base_parser(__doc__.splitlines()[0], "classifier", steps=1500, batch_size=64, lr=2e-3)
-    parser.add_argument("--weight_decay", type=float, default=1e-4)
-    args = parser.parse_args(argv)
-    setup(args)
-    from hf_sparse_attack.evaluation.embedded.quality import classification_quality
-    from hf_sparse_attack.tasks import ClassificationObjective
-    from hf_sparse_attack.tasks.pixels import Normalizer
-
-    model, processor = build_model()
-    model.train()
-    normalize = Normalizer.from_processor(processor)
-
-    def step_loss(step: int) -> torch.Tensor:
-        x, labels = training_batch(step, args.per_device_train_batch_size)
-        return F.cross_entropy(model(pixel_values=normalize(x)).logits, labels)
-
-    def evaluate(n: int) -> dict:
-        return held_out(classification_quality, ClassificationObjective, model, processor, n)
-
-    return train("classifier", args, model, processor, step_loss, evaluate, args.weight_decay)
+    """Train the classifier (flags: ``--help``); returns the training summary."""
+    return run_recipe(RECIPE, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

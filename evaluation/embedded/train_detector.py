@@ -24,8 +24,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hf_sparse_attack.evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
+from hf_sparse_attack.evaluation.embedded.common import Recipe, images_to_tensor, label_config, run_recipe
+from hf_sparse_attack.evaluation.embedded.quality import detection_quality
 from hf_sparse_attack.evaluation.testdata.shapes import CLASSES, TRAIN_SEED, shapes_sample
+from hf_sparse_attack.tasks import DetectionObjective
 
 IMAGE_SIZE = 64
 
@@ -51,8 +53,7 @@ def build_model():
         num_queries=10,
         auxiliary_loss=True,
         dropout=0.0,
-        id2label=dict(enumerate(CLASSES)),
-        label2id={name: i for i, name in enumerate(CLASSES)},
+        **label_config(CLASSES),
     )
     model = hf.ConditionalDetrForObjectDetection(config)
     processor = hf.ConditionalDetrImageProcessorPil(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE})
@@ -89,32 +90,18 @@ def training_batch(step: int, batch_size: int) -> tuple[torch.Tensor, list[dict]
     return images_to_tensor([s.image for s in samples]), labels
 
 
+def loss(model: nn.Module, pixels: torch.Tensor, labels: list[dict]) -> torch.Tensor:
+    return model(pixel_values=pixels, pixel_mask=torch.ones_like(pixels[:, 0], dtype=torch.long), labels=labels).loss
+
+
+RECIPE = Recipe("detector", steps=6000, batch_size=16, learning_rate=2e-4, weight_decay=1e-4,
+                build_model=build_model, training_batch=training_batch, loss=loss, quality=detection_quality,
+                objective_class=DetectionObjective, max_grad_norm=0.1, trainable=swap_norms)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = base_parser(__doc__.splitlines()[0], "detector", steps=6000, batch_size=16, lr=2e-4)
-    parser.add_argument("--weight_decay", type=float, default=1e-4)
-    parser.add_argument("--max_grad_norm", type=float, default=0.1)
-    args = parser.parse_args(argv)
-    setup(args)
-    from hf_sparse_attack.evaluation.embedded.quality import detection_quality
-    from hf_sparse_attack.tasks import DetectionObjective
-    from hf_sparse_attack.tasks.pixels import Normalizer
-
-    model, processor = build_model()
-    swap_norms(model, trainable=True)
-    model.requires_grad_(True).train()
-    normalize = Normalizer.from_processor(processor)
-
-    def step_loss(step: int) -> torch.Tensor:
-        x, labels = training_batch(step, args.per_device_train_batch_size)
-        pixels = normalize(x)
-        return model(pixel_values=pixels, pixel_mask=torch.ones_like(pixels[:, 0], dtype=torch.long),
-                     labels=labels).loss
-
-    def evaluate(n: int) -> dict:
-        return held_out(detection_quality, DetectionObjective, model, processor, n)
-
-    return train("detector", args, model, processor, step_loss, evaluate, args.weight_decay,
-                 max_grad_norm=args.max_grad_norm, before_save=lambda: swap_norms(model, trainable=False))
+    """Train the detector (flags: ``--help``); returns the training summary."""
+    return run_recipe(RECIPE, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

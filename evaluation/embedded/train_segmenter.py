@@ -14,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hf_sparse_attack.evaluation.embedded.common import base_parser, held_out, images_to_tensor, setup, train
+from hf_sparse_attack.evaluation.embedded.common import Recipe, images_to_tensor, label_config, run_recipe
+from hf_sparse_attack.evaluation.embedded.quality import segmentation_quality
 from hf_sparse_attack.evaluation.testdata.shapes import SEGMENTATION_CLASSES, TRAIN_SEED, shapes_sample
+from hf_sparse_attack.tasks import SegmentationObjective
 
 IMAGE_SIZE = 64
 
@@ -31,8 +33,7 @@ def build_model():
         strides=[4, 2, 2, 2],
         sr_ratios=[8, 4, 2, 1],
         decoder_hidden_size=64,
-        id2label=dict(enumerate(SEGMENTATION_CLASSES)),
-        label2id={name: i for i, name in enumerate(SEGMENTATION_CLASSES)},
+        **label_config(SEGMENTATION_CLASSES),
     )
     model = hf.SegformerForSemanticSegmentation(config)
     processor = hf.SegformerImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
@@ -46,27 +47,18 @@ def training_batch(step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tens
     return images_to_tensor([s.image for s in samples]), maps
 
 
+def loss(model: torch.nn.Module, pixels: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    return model(pixel_values=pixels, labels=maps).loss
+
+
+RECIPE = Recipe("segmenter", steps=10000, batch_size=32, learning_rate=1e-3, weight_decay=0.01,
+                build_model=build_model, training_batch=training_batch, loss=loss, quality=segmentation_quality,
+                objective_class=SegmentationObjective)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = base_parser(__doc__.splitlines()[0], "segmenter", steps=10000, batch_size=32, lr=1e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    args = parser.parse_args(argv)
-    setup(args)
-    from hf_sparse_attack.evaluation.embedded.quality import segmentation_quality
-    from hf_sparse_attack.tasks import SegmentationObjective
-    from hf_sparse_attack.tasks.pixels import Normalizer
-
-    model, processor = build_model()
-    model.train()
-    normalize = Normalizer.from_processor(processor)
-
-    def step_loss(step: int) -> torch.Tensor:
-        x, maps = training_batch(step, args.per_device_train_batch_size)
-        return model(pixel_values=normalize(x), labels=maps).loss
-
-    def evaluate(n: int) -> dict:
-        return held_out(segmentation_quality, SegmentationObjective, model, processor, n)
-
-    return train("segmenter", args, model, processor, step_loss, evaluate, args.weight_decay)
+    """Train the segmenter (flags: ``--help``); returns the training summary."""
+    return run_recipe(RECIPE, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

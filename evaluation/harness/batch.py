@@ -10,17 +10,13 @@ import torch
 from accelerate.logging import get_logger
 
 from .data import BadSample, CocoDataset, Columns, EvalDataset, Sample, load_hf
+from .device_flags import torch_dtype
+from .progress import AttackProgress
 from .records import RunDirectory, save_png
+from .task_flags import task_options
 from .task_spec import TaskSpec, frame_image
 
 logger = get_logger(__name__)
-
-
-def _model_options(spec: TaskSpec, args: argparse.Namespace) -> dict:
-    options = spec.options(args)
-    if args.loss is not None:
-        options["loss"] = args.loss
-    return options
 
 
 def check_task_model(spec: TaskSpec, name: str, args: argparse.Namespace) -> Any:
@@ -28,14 +24,14 @@ def check_task_model(spec: TaskSpec, name: str, args: argparse.Namespace) -> Any
     anything heavy (no weights are read)."""
     from hf_sparse_attack import tasks
     return tasks.check_model(name, task=spec.task, trust_remote_code=args.trust_remote_code,
-                             **_model_options(spec, args))
+                             **task_options(args))
 
 
 def load_objective(spec: TaskSpec, name: str, args: argparse.Namespace, device: torch.device):
     """``tasks.load_task`` with the task's options from the flags."""
     from hf_sparse_attack import tasks
-    return tasks.load_task(name, task=spec.task, device=device, trust_remote_code=args.trust_remote_code,
-                           **_model_options(spec, args))
+    return tasks.load_task(name, task=spec.task, device=device, dtype=torch_dtype(args),
+                           trust_remote_code=args.trust_remote_code, **task_options(args))
 
 
 def load_data(spec: TaskSpec, args: argparse.Namespace, label2id: dict[str, int]) -> EvalDataset:
@@ -125,8 +121,9 @@ def log_skipped(records: list[dict]) -> None:
 
 
 def attack_batch(spec: TaskSpec, objective: Any, samples: list[Sample], attacks: list, run: RunDirectory,
-                 args: argparse.Namespace, examples: set[int]) -> list[dict]:
-    """Attack one batch with every config; the records (skipped samples included) and the requested PNGs."""
+                 args: argparse.Namespace, examples: set[int], bar: Any) -> list[dict]:
+    """Attack one batch with every config; the records (skipped samples included) and the requested PNGs. Each
+    attack's forward passes advance ``bar`` (:class:`~.progress.AttackProgress`)."""
     samples, x, targets, records = prepare_batch(objective, samples, lambda s: spec.annotation(objective, s))
     if not samples:
         return records
@@ -134,8 +131,10 @@ def attack_batch(spec: TaskSpec, objective: Any, samples: list[Sample], attacks:
     for i, sample in enumerate(samples):
         if sample.id in examples:
             save_png(run.path / "examples" / f"{sample.id}.png", frame_image(x[i], spec.valid_size(x, targets, i)))
+    watched = AttackProgress(objective, bar)
     for attack in attacks:
-        result = attack(objective, x, targets, ids=[s.id for s in samples])
+        with watched.running(attack):
+            result = attack(watched, x, targets, ids=[s.id for s in samples])
         adversarial = spec.predict(objective, result.adversarial, targets, samples)
         for i, sample in enumerate(samples):
             record = {**sample_fields(sample), "k": attack.k, **attack_fields(result, i)}

@@ -48,22 +48,17 @@ def debug_mode(enabled: bool) -> Iterator[None]:
             os.environ[DEBUG_VARIABLE] = previous
 
 
-def usage_errors() -> tuple[type[Exception], ...]:
-    """The exceptions that mean bad input or environment (exit code 2): a bad flag, dataset, model or output
-    directory, a value the library refuses (``ValueError``, its convention for bad arguments), a file that cannot be
-    read or written (``OSError``). Anything else, an ``AuditError`` included, is a bug (exit code 1)."""
-    from hf_sparse_attack.tasks import TaskLoadError
-
-    from .data import DataError
-    from .records import OutputDirError
-
-    return UsageError, DataError, OutputDirError, TaskLoadError, ValueError, OSError
+#: The exceptions that mean bad input or environment (exit code 2): a value the library refuses (``ValueError``, its
+#: convention for bad arguments, which a bad flag, dataset, model or output directory raise as subclasses:
+#: ``UsageError``, ``DataError``, ``TaskLoadError``, ``OutputDirError``), a file that cannot be read or written
+#: (``OSError``). Anything else, an ``AuditError`` included, is a bug (exit code 1).
+USAGE_ERRORS = (ValueError, OSError)
 
 
 def report(prog: str, err: BaseException) -> int:
     """Print ``err`` as one line on stderr; return its exit code: 2 for bad input, 1 for a bug."""
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if isinstance(err, usage_errors()):
+    if isinstance(err, USAGE_ERRORS):
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     print(f"{prog}: internal error (a bug; please report it): {type(err).__name__}: {message}; rerun with --debug "
@@ -79,7 +74,7 @@ def run_script(parser: Parser, body: Callable[[argparse.Namespace], dict | None]
     with debug_mode(getattr(args, "debug", False)):
         try:
             return body(args)
-        except Exception as err:  # noqa: BLE001 (every failure is one line unless --debug)
+        except Exception as err:
             if debugging():
                 raise
             raise SystemExit(report(parser.prog, err)) from None

@@ -32,11 +32,13 @@ from tqdm.auto import tqdm
 
 from hf_sparse_attack.config import to_dict
 
-from .attack_flags import attack_configs
+from .attack_configs import attack_configs
 from .batch import attack_batch, batches, check_task_model, load_data, load_objective, load_samples, log_skipped
 from .data import DataError, EvalDataset
+from .device_flags import autocast
 from .pictures import save_curve, save_grid
 from .processes import compute_all, metric_group, setup, start_logging
+from .progress import attack_length
 from .records import RECORDS_FILE, RunDirectory, load_png
 from .script_flags import check_args, settings
 from .task_spec import TaskSpec
@@ -80,17 +82,19 @@ def start_run(accelerator: Any, run: RunDirectory, resume: bool) -> set[str]:
     return run.finished()
 
 
-def process_units(accelerator: Any, names: list[str], done: set[str], work: Callable[[int], list[dict]],
-                  run: RunDirectory, args: argparse.Namespace, description: str) -> tuple[list[int], bool]:
-    """Run ``work(unit)`` for this process's units not yet done, writing each one's records; returns this
-    process's units and whether it stopped early (``--stop_after_batches``)."""
+def process_units(accelerator: Any, names: list[str], done: set[str], work: Callable[[int, Any], list[dict]],
+                  run: RunDirectory, args: argparse.Namespace, description: str,
+                  passes: int) -> tuple[list[int], bool]:
+    """Run ``work(unit, bar)`` for this process's units not yet done, writing each one's records; returns this
+    process's units and whether it stopped early (``--stop_after_batches``). The bar counts forward passes: at
+    most ``passes`` per unit, advanced by ``work`` as its attacks run (:mod:`.progress`)."""
     mine = list(range(accelerator.process_index, len(names), accelerator.num_processes))
     todo = [u for u in mine if names[u] not in done]
     if len(todo) < len(mine):
         logger.info("resuming: %d of %d batches of this process already done", len(mine) - len(todo), len(mine))
     running = Running()
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=description,
-               disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=len(mine) * passes, initial=(len(mine) - len(todo)) * passes, desc=description,
+               unit="pass", disable=not accelerator.is_local_main_process)
     with bar as progress:  # closed before an error is reported, so that the error is the last line
         for count, unit in enumerate(todo):
             if args.stop_after_batches is not None and count >= args.stop_after_batches:
@@ -98,17 +102,24 @@ def process_units(accelerator: Any, names: list[str], done: set[str], work: Call
                 logger.info("stopped after %d batches (--stop_after_batches); run the same command to continue",
                             count)
                 return mine, True
-            records = work(unit)
+            with autocast(accelerator.device, args.mixed_precision):
+                records = work(unit, progress)
             log_skipped(records)
             run.write_unit(names[unit], records)
             running.add(records)
-            progress.update(1)
+            progress.update((len(mine) - len(todo) + count + 1) * passes - progress.n)  # a unit's full share
             progress.set_postfix(running.postfix())
     return mine, False
 
 
-def environment(accelerator: Any) -> dict:
-    """Versions and processes, for ``all_results.json``."""
+def precision(accelerator: Any, args: argparse.Namespace) -> str:
+    """Where and how the run computes, for its first log line."""
+    return (f"device {accelerator.device}, weights {args.torch_dtype}, mixed precision {args.mixed_precision} "
+            "(attack state float32)")
+
+
+def environment(accelerator: Any, args: argparse.Namespace) -> dict:
+    """Versions, processes, device and precision, for ``all_results.json``."""
     packages = ("hf-sparse-attack", "torch", "transformers", "datasets", "accelerate", "torchmetrics", "pycocotools",
                 "numpy")
     versions = {"python": platform.python_version()}
@@ -117,7 +128,8 @@ def environment(accelerator: Any) -> dict:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    return {"versions": versions, "num_processes": accelerator.num_processes, "device": str(accelerator.device)}
+    return {"versions": versions, "num_processes": accelerator.num_processes, "device": str(accelerator.device),
+            "torch_dtype": args.torch_dtype, "mixed_precision": args.mixed_precision}
 
 
 def split_records(records: list[dict]) -> tuple[dict[int, list[dict]], list[dict]]:
@@ -159,7 +171,7 @@ def summary(dataset: EvalDataset, args: argparse.Namespace, records: list[dict],
         "time_seconds": time.time() - started,
         "resumed_batches": resumed,
         "settings": run.settings,
-        **environment(accelerator),
+        **environment(accelerator, args),
     }
 
 
@@ -180,14 +192,16 @@ def run_evaluation(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     units = batches(len(dataset), args.per_device_eval_batch_size)
     names = [f"b{u:06d}" for u in range(len(units))]
     examples = set(dataset.ids[: args.num_pictures])
-    logger.info("%s: %d samples in %d batches on %d process(es); attacks: %s", args.model_name_or_path,
-                len(dataset), len(units), accelerator.num_processes, ", ".join(map(str, attacks)))
+    logger.info("%s: %d samples in %d batches on %d process(es), %s; attacks: %s", args.model_name_or_path,
+                len(dataset), len(units), accelerator.num_processes, precision(accelerator, args),
+                ", ".join(map(str, attacks)))
 
-    def work(unit: int) -> list[dict]:
+    def work(unit: int, bar: Any) -> list[dict]:
         samples, skipped = load_samples(dataset, units[unit])
-        return skipped + attack_batch(spec, objective, samples, attacks, run, args, examples)
+        return skipped + attack_batch(spec, objective, samples, attacks, run, args, examples, bar)
 
-    mine, stopped = process_units(accelerator, names, done, work, run, args, f"attacking {spec.task}")
+    passes = sum(attack_length(a) for a in attacks)
+    mine, stopped = process_units(accelerator, names, done, work, run, args, f"attacking {spec.task}", passes)
     if stopped:
         return None
     accelerator.wait_for_everyone()

@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
+import os
 import warnings
 from typing import Any
 
 import torch
 
+from .command_line import UsageError
+from .device_flags import MIXED_PRECISIONS
 
-def setup(args: argparse.Namespace):
-    """The accelerator (CPU processes when there is no CUDA, see ENVIRONMENT.md) and torch threads; the libraries'
-    messages and progress bars on the local main process only."""
+
+def setup(args: argparse.Namespace, training: bool = False):
+    """The accelerator and torch threads; the libraries' messages and progress bars on the local main process only.
+
+    ``--device auto`` takes CUDA when available, else CPU processes (see ENVIRONMENT.md); collectives wait
+    ``--ddp_timeout`` seconds. ``args.mixed_precision`` becomes the precision in effect (the flag, else accelerate's
+    setting ``ACCELERATE_MIXED_PRECISION``, else ``"no"``): the loop autocasts with it
+    (:func:`.device_flags.autocast`); for a ``training`` run accelerate applies it to the prepared model (autocast,
+    and fp16 gradient scaling). :class:`UsageError` for a device this machine lacks.
+    """
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda (each process takes its own GPU), got {args.device!r}")
+    if args.device == "cuda" and not cuda:
+        raise UsageError("--device cuda: CUDA is not available on this machine; use --device cpu or auto")
+    if args.ddp_timeout < 1:
+        raise UsageError(f"--ddp_timeout must be a positive number of seconds, got {args.ddp_timeout}")
+    args.mixed_precision = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if args.mixed_precision not in MIXED_PRECISIONS:
+        raise UsageError(f"mixed precision must be one of {', '.join(MIXED_PRECISIONS)}, got {args.mixed_precision!r}")
+    timeout = datetime.timedelta(seconds=args.ddp_timeout)
+    accelerator = Accelerator(cpu=args.device == "cpu" or not cuda, mixed_precision=args.mixed_precision if training
+                              else None, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
     if not accelerator.is_local_main_process:
         import datasets
         import transformers

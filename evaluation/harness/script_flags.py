@@ -1,29 +1,27 @@
 """The flags of the evaluation scripts (transformers' ``run_*_no_trainer.py`` names where they exist).
 
->>> [type(a).__name__ + f"(k={a.k})" for a in attack_configs(build_parser(None).parse_args(
-...     ["--model_name_or_path", "m", "--output_dir", "o", "--attack", "rs", "--k", "1", "4"]))]
-['SparseRS(k=1)', 'SparseRS(k=4)']
+>>> args = build_parser(None).parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--k", "1", "4"])
+>>> args.attack, args.k, args.dataset_split
+('spgd', [1, 4], 'validation')
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from .attack_flags import add_attack_arguments, attack_configs  # noqa: F401 (attack_configs: the doctest)
+from .attack_flags import add_attack_arguments
 from .command_line import Parser, UsageError
 from .data import BBOX_FORMATS
-
-if TYPE_CHECKING:
-    from .task_spec import TaskSpec
+from .device_flags import add_device_arguments
+from .task_flags import TASK_OPTION_FLAGS, add_task_arguments
 
 #: Flags that do not change any result: a run may be resumed with other values of them.
-RUNTIME_FLAGS = ("output_dir", "overwrite", "num_threads", "stop_after_batches", "debug")
+RUNTIME_FLAGS = ("output_dir", "overwrite", "num_threads", "stop_after_batches", "debug", "device", "ddp_timeout")
 
 
-def build_parser(spec: TaskSpec | None, description: str = "", transfer: bool = False) -> Parser:
-    """The shared flags (transformers' ``run_*_no_trainer.py`` names where they exist) plus the task's own."""
-    task = spec.task if spec else None
+def build_parser(task: str | None, description: str = "", transfer: bool = False) -> Parser:
+    """The shared flags (transformers' ``run_*_no_trainer.py`` names where they exist) plus those of ``task``
+    (every task's with ``None``)."""
     parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
     if transfer:
@@ -34,7 +32,6 @@ def build_parser(spec: TaskSpec | None, description: str = "", transfer: bool = 
     else:
         model.add_argument("--model_name_or_path", required=True, help="Hub name or local directory")
     model.add_argument("--trust_remote_code", action="store_true", help="allow model code from the repository")
-    model.add_argument("--loss", help=f"the attack loss of the model's task; {loss_help()}")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", help="Hub name, save_to_disk directory, or image folder with metadata.jsonl")
@@ -57,8 +54,8 @@ def build_parser(spec: TaskSpec | None, description: str = "", transfer: bool = 
     data.add_argument("--cache_dir", help="datasets cache directory")
 
     add_attack_arguments(parser.add_argument_group("attack"))
-    if spec is not None:
-        spec.add_arguments(parser.add_argument_group(f"{task} options"))
+    add_task_arguments(parser.add_argument_group(f"{task} options" if task else "task options"),
+                       (task,) if task else tuple(TASK_OPTION_FLAGS))
 
     run = parser.add_argument_group("run")
     run.add_argument("--per_device_eval_batch_size", type=int, default=8)
@@ -71,20 +68,8 @@ def build_parser(spec: TaskSpec | None, description: str = "", transfer: bool = 
     run.add_argument("--num_threads", type=int, help="torch CPU threads (default 1 on CPU)")
     run.add_argument("--stop_after_batches", type=int,
                      help="stop after N batches per process (a time-sliced job); rerun the command to continue")
+    add_device_arguments(parser.add_argument_group("device and precision"))
     return parser
-
-
-def loss_help() -> str:
-    """The losses of each task and their defaults, for ``--loss`` help texts."""
-    from hf_sparse_attack.losses import CLASSIFICATION_LOSSES
-    from hf_sparse_attack.tasks.classification import ClassificationOptions
-    from hf_sparse_attack.tasks.detection import DETECTION_LOSSES, DetectionOptions
-    from hf_sparse_attack.tasks.segmentation import SEGMENTATION_LOSSES, SegmentationOptions
-
-    return "; ".join(f"{task}: {', '.join(names)} (default {options().loss})" for task, names, options in (
-        ("classification", CLASSIFICATION_LOSSES, ClassificationOptions),
-        ("detection", DETECTION_LOSSES, DetectionOptions),
-        ("segmentation", SEGMENTATION_LOSSES, SegmentationOptions)))
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -27,13 +26,6 @@ class TaskSpec(ABC):
     curve_label: ClassVar[str]
     #: The metric key that fills a cell of the transferability matrix.
     transfer_key: ClassVar[str]
-
-    def add_arguments(self, group: argparse._ArgumentGroup) -> None:
-        """Add the task's own flags."""
-
-    def options(self, args: argparse.Namespace) -> dict:
-        """Options for :func:`hf_sparse_attack.tasks.load_task` from the task's flags."""
-        return {}
 
     def annotation(self, objective: Any, sample: Sample) -> Any:
         """The sample's annotation as the objective's ``prepare`` takes it; :class:`BadSample` if unusable."""

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from hf_sparse_attack.config import to_dict
 
-from .attack_flags import attack_configs
+from .attack_configs import attack_configs
 from .batch import (
     attack_fields,
     batches,
@@ -44,6 +44,7 @@ from .loop import finish_records, open_run, process_units, split_records, start_
 from .metrics import TransferMatrix
 from .pictures import save_heatmap
 from .processes import compute_all, metric_group, setup, start_logging
+from .progress import AttackProgress, attack_length
 from .script_flags import check_args
 from .task_spec import TaskSpec, frame_image
 
@@ -100,7 +101,7 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     units = batches(len(dataset), args.per_device_eval_batch_size)
     names = [f"s{s:03d}-b{b:06d}" for s in range(len(sources)) for b in range(len(units))]
 
-    def work(unit: int) -> list[dict]:
+    def work(unit: int, bar: Any) -> list[dict]:
         source_name = sources[unit // len(units)]
         source = objectives[source_name]
         samples, records = load_samples(dataset, units[unit % len(units)])
@@ -117,7 +118,9 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
 
         clean = {t: predictions(t, x) for t in targets}
         for attack in attacks:
-            result = attack(source, x, source_targets, ids=[s.id for s in samples])
+            watched = AttackProgress(source, bar)
+            with watched.running(attack):
+                result = attack(watched, x, source_targets, ids=[s.id for s in samples])
             for target_name in targets:
                 adversarial = predictions(target_name, result.adversarial)
                 for i, sample in enumerate(samples):
@@ -127,7 +130,8 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
                                                             adversarial[i])})
         return records
 
-    mine, stopped = process_units(accelerator, names, done, work, run, args, "transfer")
+    mine, stopped = process_units(accelerator, names, done, work, run, args, "transfer",
+                                  sum(attack_length(a) for a in attacks))
     if stopped:
         return None
     accelerator.wait_for_everyone()

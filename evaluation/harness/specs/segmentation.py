@@ -1,0 +1,78 @@
+"""Segmentation in the evaluation loop: label maps at the original size, scored by mIoU and pixel accuracy.
+
+The script :mod:`hf_sparse_attack.evaluation.eval_segmentation` runs it through :func:`..loop.run_evaluation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import BadSample
+from ..metrics import SegmentationRobustness, expand_counts, joint_counts
+from ..pictures import Panel, perturbed_pixels
+from ..task_spec import TaskSpec
+
+
+def reference_labels(objective: Any, label_map: np.ndarray) -> np.ndarray:
+    """A dataset label map in the model's classes: the processor's ``do_reduce_labels`` (0 becomes 255, the
+    unlabelled value, and every other class ``c`` becomes ``c - 1``) applied as the processor applies it."""
+    if not getattr(objective.processor, "do_reduce_labels", False):
+        return label_map
+    reduced = label_map.astype(np.int16) - 1
+    reduced[(label_map == 0) | (label_map == 255)] = 255
+    return reduced.astype(np.uint8)
+
+
+class SegmentationSpec(TaskSpec):
+    """Segmentation: predictions are label maps at the original size; the truth is the dataset's label map."""
+
+    task = "segmentation"
+    curve = (("miou_clean", "clean mIoU"), ("miou_adversarial", "adversarial mIoU"))
+    curve_label = "mIoU"
+    transfer_key = "miou_drop"
+
+    def annotation(self, objective: Any, sample: Any) -> np.ndarray:
+        classes, ignore = objective.model.config.num_labels, objective.options.ignore_index
+        unknown = sorted(set(np.unique(reference_labels(objective, sample.annotation)).tolist())
+                         - set(range(classes)) - {ignore})
+        if unknown:
+            raise BadSample(f"the label map holds {unknown}, neither class ids in [0, {classes}) nor {ignore}")
+        return sample.annotation
+
+    def neutral_annotation(self, size: tuple[int, int]) -> np.ndarray:
+        return np.full(size, 255, dtype=np.uint8)
+
+    def predict(self, objective: Any, x: Tensor, targets: Any, samples: Sequence) -> list[Tensor]:
+        return [m.cpu() for m in objective.to_original(objective.predict(x), [s.size for s in samples])]
+
+    def record(self, objective: Any, sample: Any, clean: Tensor, adversarial: Tensor) -> dict:
+        truth = torch.from_numpy(reference_labels(objective, sample.annotation).astype(np.int64))
+        counts = joint_counts(truth, clean, adversarial, objective.options.ignore_index)
+        labelled = sum(n for *_, n in counts)
+        right = [sum(n for t, *predicted, n in counts if predicted[v] == t) for v in (0, 1)]
+        accuracy = [r / labelled if labelled else None for r in right]
+        return {"pixel_accuracy_clean": accuracy[0], "pixel_accuracy_adversarial": accuracy[1], "counts": counts}
+
+    def new_metric(self, objective: Any, **kwargs: Any) -> SegmentationRobustness:
+        return SegmentationRobustness(objective.model.config.num_labels, objective.options.ignore_index, **kwargs)
+
+    def update(self, metric: SegmentationRobustness, records: list[dict]) -> None:
+        truth, clean, adversarial = expand_counts([row for r in records for row in r["counts"]])
+        metric.update(clean, adversarial, truth)
+
+    def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict) -> list[Panel]:
+        maps = objective.predict(torch.stack([clean, adversarial]).to(objective.device)).cpu()
+        accuracy = [record[f"pixel_accuracy_{v}"] for v in ("clean", "adversarial")]
+        accuracy = ["n/a" if a is None else f"{a:.2f}" for a in accuracy]
+        return [
+            Panel(clean, "clean"),
+            Panel(maps[0], f"clean prediction\n(pixel acc. {accuracy[0]})", kind="labels"),
+            Panel(adversarial, "adversarial"),
+            Panel(maps[1], f"adversarial prediction\n(pixel acc. {accuracy[1]})", kind="labels"),
+            Panel(perturbed_pixels(clean, adversarial), f"perturbed (L0 {record['l0']})", kind="mask"),
+        ]
