@@ -14,30 +14,20 @@ from typing import TYPE_CHECKING
 
 from .lazy import attach
 
-#: Public name -> the submodule that defines it.
+#: Submodule -> the public names it defines (a submodule named after itself is the submodule).
 _EXPORTS = {
-    "kernels": "kernels",
-    "CLASSIFICATION_LOSSES": "losses",
-    "classification_loss": "losses",
-    "ClassifierObjective": "objective",
-    "Measurement": "objective",
-    "NonFiniteModelError": "objective",
-    "Objective": "objective",
-    "as_objective": "objective",
-    "measure": "objective",
-    "select": "objective",
-    "AttackResult": "result",
-    "AuditError": "result",
-    "audit": "result",
-    "SparseRS": "rs",
-    "CascadeResult": "saa",
-    "SparseAutoAttack": "saa",
-    "SparsePGD": "spgd",
-    "Structure": "structure",
-    "SparseAdversarialTraining": "training",
+    "kernels": ("kernels",),
+    "losses": ("CLASSIFICATION_LOSSES", "classification_loss"),
+    "objective": ("ClassifierObjective", "Measurement", "NonFiniteModelError", "Objective", "as_objective", "measure",
+                  "select"),
+    "result": ("AttackResult", "AuditError", "audit"),
+    "rs": ("SparseRS",),
+    "saa": ("CascadeResult", "SparseAutoAttack"),
+    "spgd": ("SparsePGD",),
+    "structure": ("Structure",),
+    "training": ("SparseAdversarialTraining",),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from . import kernels

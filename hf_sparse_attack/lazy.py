@@ -2,9 +2,9 @@
 
 >>> import sys, types
 >>> package = types.ModuleType("demo")
->>> package.__getattr__, package.__dir__ = attach("json", {"dumps": "decoder", "decoder": "decoder"})
->>> package.decoder.__name__
-'json.decoder'
+>>> package.__all__, package.__getattr__, package.__dir__ = attach("json", {"decoder": ("decoder", "JSONDecoder")})
+>>> package.__all__, package.decoder.__name__
+(['JSONDecoder', 'decoder'], 'json.decoder')
 """
 
 from __future__ import annotations
@@ -15,19 +15,21 @@ from collections.abc import Callable
 from typing import Any
 
 
-def attach(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for ``package``: each name of ``exports`` is imported from the submodule it
-    maps to on first use (a name mapped to itself is that submodule) and then cached in the package."""
+def attach(package: str, exports: dict[str, tuple[str, ...]]) -> tuple[list[str], Callable[[str], Any],
+                                                                      Callable[[], list[str]]]:
+    """``__all__``, ``__getattr__`` and ``__dir__`` for ``package``: ``exports`` maps each submodule to the names
+    it defines, imported on first use (a name equal to its submodule's is the submodule) and then cached."""
+    where = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
-        if name not in exports:
+        if name not in where:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        module = importlib.import_module(f"{package}.{exports[name]}")
-        value = module if exports[name] == name else getattr(module, name)
+        module = importlib.import_module(f"{package}.{where[name]}")
+        value = module if where[name] == name else getattr(module, name)
         setattr(sys.modules[package], name, value)  # later look-ups skip __getattr__
         return value
 
     def __dir__() -> list[str]:
-        return sorted({*vars(sys.modules[package]), *exports})
+        return sorted({*vars(sys.modules[package]), *where})
 
-    return __getattr__, __dir__
+    return sorted(where), __getattr__, __dir__

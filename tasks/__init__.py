@@ -16,27 +16,16 @@ from typing import TYPE_CHECKING
 
 from hf_sparse_attack.lazy import attach
 
-#: Public name -> the submodule that defines it.
+#: Submodule -> the public names it defines (a submodule named after itself is the submodule).
 _EXPORTS = {
-    "TaskObjective": "base",
-    "ClassificationObjective": "classification",
-    "ClassificationOptions": "options",
-    "DETECTION_HEADS": "detection",
-    "DetectionObjective": "detection",
-    "DetectionOptions": "options",
-    "SetLossTerms": "detection",
-    "SUPPORTED": "loading",
-    "CheckedModel": "loading",
-    "TaskLoadError": "loading",
-    "check_model": "loading",
-    "infer_task": "loading",
-    "load_task": "loading",
-    "SegmentationObjective": "segmentation",
-    "SegmentationOptions": "options",
+    "base": ("TaskObjective",),
+    "classification": ("ClassificationObjective",),
+    "options": ("ClassificationOptions", "DetectionOptions", "SegmentationOptions"),
+    "detection": ("DETECTION_HEADS", "DetectionObjective", "SetLossTerms"),
+    "loading": ("SUPPORTED", "CheckedModel", "TaskLoadError", "check_model", "infer_task", "load_task"),
+    "segmentation": ("SegmentationObjective",),
 }
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .base import TaskObjective
