@@ -33,8 +33,26 @@ from .validation import check_images, check_targets
 from .value_checks import check_positive_int, check_range
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the attack's state for images of ``dtype``: float32, or float64 for float64 images.
+
+    In half precision the mask logits' normalised steps and the sigmoid's slopes underflow (sPGD then fools nothing
+    on large images), so the magnitude, mask logits, gradients, losses and the best-iterate bookkeeping stay in
+    this dtype; only the images the objective sees (and the attack returns) keep the images' dtype.
+
+    >>> state_dtype(torch.float16), state_dtype(torch.bfloat16), state_dtype(torch.float64)
+    (torch.float32, torch.float32, torch.float64)
+    """
+    return torch.promote_types(dtype, torch.float32)
+
+
 def topk_mask(scores: Tensor, k: int, out: Tensor | None = None) -> Tensor:
-    """Binary mask (same shape as ``scores (B, 1, h, w)``) of the ``k`` largest scores of each sample."""
+    """Binary mask (same shape as ``scores (B, 1, h, w)``) of the ``k`` largest scores of each sample.
+
+    >>> topk_mask(torch.tensor([[[[0.1, 0.9], [0.5, 0.2]]]]), 2)
+    tensor([[[[0., 1.],
+              [1., 0.]]]])
+    """
     flat = scores.flatten(1)
     out = torch.zeros_like(scores) if out is None else out.zero_()
     out.view(flat.shape).scatter_(1, flat.topk(k, dim=1, sorted=False).indices, 1.0)
@@ -42,13 +60,30 @@ def topk_mask(scores: Tensor, k: int, out: Tensor | None = None) -> Tensor:
 
 
 def quantize_8bit(values: Tensor) -> Tensor:
-    """Round ``[0, 1]`` values to the 8-bit grid ``i / 255``, so that saving as PNG changes nothing."""
+    """Round ``[0, 1]`` values to the 8-bit grid ``i / 255``, so that saving as PNG changes nothing.
+
+    float16 and bfloat16 cannot hold ``i / 255`` exactly: there the grid is the nearest value of the dtype to each
+    ``i / 255`` (what casting this float32 result gives), still in ``[0, 1]`` and still read back as ``i`` by
+    ``round(v * 255)`` (the float16 error is 0.06 of a grid step, the bfloat16 one under 0.5).
+
+    >>> torch.equal(quantize_8bit(torch.tensor([0.1, 0.5, 1.0])), torch.tensor([26.0, 128.0, 255.0]) / 255)
+    True
+    """
     return values.mul(255).round_().div_(255)
+
+
+def _uniform(gens: list, shape: tuple, dtype: torch.dtype, eps: float) -> Tensor:
+    """Per-sample magnitudes uniform in ``[-eps, eps)``."""
+    return (rng.rand(gens, shape, dtype) * 2 - 1).mul_(eps)
 
 
 @dataclass(frozen=True)
 class SparsePGD:
     """Sparse-PGD configuration; call it as ``attack(model_or_objective, x, targets, ids=None)``.
+
+    Images may be float16, bfloat16, float32 or float64: the objective sees, and the result holds, images of that
+    dtype, while the attack's own state is float32 (float64 for float64 images; see :func:`state_dtype`). With
+    ``quantize`` the perturbed pixels of half-precision images take the dtype's nearest values to the 8-bit grid.
 
     Args:
         k: budget, pixels (a perturbed pixel may change all its channels) or kernel placements with ``kernel``.
@@ -97,7 +132,7 @@ class SparsePGD:
         objective = as_objective(model, self.loss, self.targeted)
         x = check_images(x).detach()
         check_targets(x, targets, objective)
-        b, c, h, w = x.shape
+        b, (h, w) = x.shape[0], x.shape[-2:]
         structure = build_structure(self.kernel, self.stride, h, w)
         grid = structure.grid_shape if structure else (h, w)
         positions = grid[0] * grid[1]
@@ -106,82 +141,73 @@ class SparsePGD:
 
         with torch.no_grad():
             clean_loss, clean_success, clean_score = measure(objective, x, targets)
-        clean_loss = clean_loss.to(x.dtype)
+        clean_loss = clean_loss.to(state_dtype(x.dtype))
         require_finite(clean_loss)
         out = _Outcome(x, clean_loss, clean_success, clean_score, grid if structure else None)
-        todo = (~clean_success).nonzero().flatten().tolist()
+        todo = [i for i, fooled in enumerate(clean_success.tolist()) if not fooled]
         if todo:
             self._run(objective, x, targets, todo, gens, structure, grid, out)
         return out.result(x, self.k, structure)
 
     def _run(self, objective, x, targets, todo, gens, structure, grid, out) -> None:
-        to_pixels = structure.to_pixels if structure else (lambda v: v)
+        """The iterations on the samples ``todo``; each one's best iterate lands in ``out``. One host sync per
+        iteration (the success and restart flags), one more on an iteration where samples finish."""
+        s = _Active(x, targets, todo, gens, out, self.epsilon)
+        v = _Variables(s, grid, self.k, self.epsilon)
+        to_pixels = structure.to_pixels if structure else (lambda support: support)
         to_grid = structure.to_grid if structure else (lambda g: g)
-        eps, k = self.epsilon, self.k
-        mask_step = self.beta * math.sqrt(grid[0] * grid[1])
-
-        s = _Active(x, targets, todo, gens, out, eps)
-        p = torch.clamp((rng.rand(s.gens, x.shape[1:], x.dtype) * 2 - 1).mul_(eps), s.lo, s.hi)
-        m_tilde = rng.randn(s.gens, (1, *grid), x.dtype)
-        support = topk_mask(m_tilde, k)
-        previous = torch.empty_like(support)
-        unchanged = torch.zeros(len(todo), dtype=torch.long, device=x.device)
-
-        for _ in range(self.steps):
-            pixels = to_pixels(support)
-            x_adv = torch.add(s.x, p)  # inside [0, 1] up to rounding: p is kept in [-x, 1 - x]
-            x_adv = quantize_8bit(x_adv) if self.quantize else x_adv.clamp_(0, 1)
-            x_adv = torch.where(pixels.bool(), x_adv, s.x, out=x_adv).requires_grad_(True)
-            with torch.enable_grad():
-                loss, success, score = measure(objective, x_adv, s.targets)
-                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)  # a model breaking down steers nothing
-            loss = loss.detach().to(x.dtype)
-            success &= torch.isfinite(loss)  # measure checked before the cast to the images' dtype
-            better = s.record(loss, success, score, support)
-
-            stuck = unchanged >= self.patience
-            flags = torch.stack((success, stuck & ~success, better)).cpu()  # the one host sync per iteration
-            done, restart, better = flags.unbind(0)
-            s.keep_best(x_adv.detach(), better)
-            if done.any():
-                s.write(out, done)
-                keep = (~done).nonzero().flatten()
-                if keep.numel() == 0:
+        for step in range(self.steps):
+            last = step == self.steps - 1  # the last iterate's gradient would steer nothing: no backward
+            pixels = to_pixels(v.support)
+            x_adv = s.candidate(v.p, pixels, self.quantize)
+            loss, success, score, grad = _evaluate(objective, x_adv, s.targets, s.dtype, want_grad=not last)
+            s.record(x_adv, loss, success, score, v.support)
+            if last:
+                break
+            restart = (v.unchanged >= self.patience) & ~success
+            done, restarts = torch.stack((success, restart)).tolist()  # the one host sync per iteration
+            if any(done):
+                keep = s.finish(out, done)
+                if keep is None:
                     return
-                s.compact(keep)
-                keep = keep.to(x.device)
-                p, m_tilde, support, grad, unchanged, pixels = (
-                    t.index_select(0, keep) for t in (p, m_tilde, support, grad, unchanged, pixels)
-                )
-                previous = torch.empty_like(support)
-                restart = restart[~done]
-            restart = restart.nonzero().flatten().tolist()
+                v.compact(keep)
+                grad, pixels, restart = (t.index_select(0, keep) for t in (grad, pixels, restart))
+                restarts = [r for r, d in zip(restarts, done) if not d]
+            fresh = [gen for gen, r in zip(s.gens, restarts) if r]  # the generators of the restarting samples
+            self._step(v, s, grad, pixels, to_grid, restart, fresh)
+        s.write(out, torch.arange(len(s.gens), device=x.device))
 
-            sig = torch.sigmoid(m_tilde)
-            grad_m = to_grid(torch.linalg.vecdot(grad, p, dim=1).unsqueeze(1)).mul_(sig * (1 - sig))
-            # Magnitude step direction: sign(grad * sigmoid(m_tilde)) = sign(grad) since the sigmoid is positive
-            # (unprojected); sign(grad * m) with the binary mask m (projected).
-            direction = grad.sign() if self.unprojected else grad.sign().mul_(pixels)
-            if restart:  # a stuck sample restarts from a new random mask (and magnitude, see the class docstring)
-                rows = torch.tensor(restart, device=x.device)
-                m_tilde[rows] = rng.randn([s.gens[i] for i in restart], (1, *grid), x.dtype)
-                if not self.unprojected:
-                    fresh = (rng.rand([s.gens[i] for i in restart], x.shape[1:], x.dtype) * 2 - 1).mul_(eps)
-                    p[rows] = torch.clamp(fresh, s.lo[rows], s.hi[rows])
-                unchanged.index_fill_(0, rows, 0)
+    def _step(self, v: _Variables, s: _Active, grad: Tensor, pixels: Tensor, to_grid, restart: Tensor,
+              fresh: list) -> None:
+        """One step on the magnitude and the mask logits of every active sample (``grad`` is consumed). The rows
+        flagged in ``restart`` (``fresh``: their generators, none when empty) first get a new random mask (see the
+        class docstring); this iteration's steps apply to their fresh mask too (as the authors' code)."""
+        sig = torch.sigmoid(v.m_tilde)
+        grad_m = to_grid(torch.linalg.vecdot(grad, v.p, dim=1).unsqueeze(1)).mul_(sig * (1 - sig))
+        # Magnitude step direction: sign(grad * sigmoid(m_tilde)) = sign(grad) since the sigmoid is positive
+        # (unprojected); sign(grad * m) with the binary mask m (projected).
+        direction = grad.sign_() if self.unprojected else grad.sign_().mul_(pixels)
+        if fresh:
+            v.restart(restart, fresh, s, None if self.unprojected else self.epsilon)
+        torch.clamp(v.p.add_(direction, alpha=self.alpha * self.epsilon), s.lo, s.hi, out=v.p)
+        # m_tilde += beta * sqrt(positions) * g / ||g||, no step where the gradient vanishes.
+        norm = grad_m.flatten(1).norm(dim=1)
+        scale = (norm > 2e-10) * norm.add_(1e-10).reciprocal_().mul_(self.beta * math.sqrt(grad_m[0].numel()))
+        v.m_tilde.add_(grad_m.mul_(scale.view(-1, 1, 1, 1)))
+        v.update_support(self.k)
 
-            # This iteration's steps apply to every sample, a restarted one's fresh mask too (as the authors' code).
-            p = torch.clamp(p.add_(direction, alpha=self.alpha * eps), s.lo, s.hi, out=p)
-            norm = grad_m.flatten(1).norm(dim=1)
-            step = torch.where(norm > 2e-10, mask_step / (norm + 1e-10), torch.zeros_like(norm))
-            m_tilde.add_(grad_m.mul_(step.view(-1, 1, 1, 1)))
 
-            previous, support = support, topk_mask(m_tilde, k, out=previous)
-            # Unchanged supports count up since the sample's last restart, not consecutively (the authors' rule:
-            # a support that keeps returning to the same pixels restarts too).
-            unchanged += (support == previous).flatten(1).all(1)
-        s.write(out, torch.ones(len(s.gens), dtype=torch.bool))
+def _evaluate(objective, x_adv: Tensor, targets: Any, dtype: torch.dtype, want_grad: bool):
+    """``(loss, success, score, gradient w.r.t. x_adv)`` of one forward (and backward) pass; loss and gradient in
+    ``dtype``, the gradient ``None`` unless ``want_grad``, and zero where the model breaks down (NaN, Inf)."""
+    grad = None
+    with torch.enable_grad() if want_grad else torch.no_grad():
+        loss, success, score = measure(objective, x_adv.requires_grad_(want_grad), targets)
+        if want_grad:
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0).to(dtype)
+    loss = loss.detach().to(dtype)
+    return loss, success & torch.isfinite(loss), score, grad  # measure checked before the cast
 
 
 class _Outcome:
@@ -201,12 +227,18 @@ class _Outcome:
 
 
 class _Active:
-    """The samples still being attacked, with their best iterate so far: success first, then the best score."""
+    """The samples still being attacked, with their best iterate so far: success first, then the best score.
+
+    Images (clean ``x``, the best iterate) are in the images' dtype; the box ``[lo, hi]`` of the magnitude, the
+    losses and ``x_state`` (the clean images to build candidates from) in the state dtype ``dtype``.
+    """
 
     def __init__(self, x: Tensor, targets: Any, todo: list[int], gens: list, out: _Outcome, eps: float) -> None:
+        self.dtype = out.loss.dtype
         self.index = torch.tensor(todo, device=x.device)
         self.x = x.index_select(0, self.index)
-        self.lo, self.hi = (-self.x).clamp_(min=-eps), (1 - self.x).clamp_(max=eps)  # box and L-inf bound
+        self.x_state = self.x.to(self.dtype)
+        self.lo, self.hi = (-self.x_state).clamp_(min=-eps), (1 - self.x_state).clamp_(max=eps)  # box, L-inf bound
         self.targets = select(targets, self.index)
         self.gens = [gens[i] for i in todo]
         self.iterations = torch.zeros(len(todo), dtype=torch.long, device=x.device)
@@ -216,42 +248,92 @@ class _Active:
         self.success = torch.zeros(len(todo), dtype=torch.bool, device=x.device)
         self.groups = None if out.groups is None else out.groups.index_select(0, self.index)
 
-    def record(self, loss: Tensor, success: Tensor, score: Tensor, support: Tensor) -> Tensor:
-        """Update scores, losses, success and placements; return which samples improved (images: keep_best).
+    def candidate(self, p: Tensor, pixels: Tensor, quantize: bool) -> Tensor:
+        """The images for magnitude ``p`` on the mask ``pixels``, in the images' dtype: built in the state dtype and
+        cast, so the unperturbed pixels are bit-identical to the clean ones and the perturbed ones stay in [0, 1]."""
+        values = torch.add(self.x_state, p)  # inside [0, 1] up to rounding: p is kept in [-x, 1 - x]
+        values = (quantize_8bit(values) if quantize else values.clamp_(0, 1)).to(self.x.dtype)
+        return torch.where(pixels.bool(), values, self.x, out=values)
+
+    def record(self, x_adv: Tensor, loss: Tensor, success: Tensor, score: Tensor, support: Tensor) -> None:
+        """Count the iteration and keep, per sample, the iterate if it is better (a success, or a higher score).
 
         An iterate with a NaN or infinite loss is never better (its score is -inf and it was denied success).
         """
         self.iterations += 1
         better = success | (score > self.score)
+        rows = better.view(-1, 1, 1, 1)
         torch.where(better, loss, self.loss, out=self.loss)
         torch.where(better, score, self.score, out=self.score)
+        torch.where(rows, x_adv.detach(), self.best, out=self.best)
         self.success |= success
         if self.groups is not None:
-            torch.where(better.view(-1, 1, 1, 1), support.bool(), self.groups, out=self.groups)
-        return better
+            torch.where(rows, support.bool(), self.groups, out=self.groups)
 
-    def keep_best(self, x_adv: Tensor, better: Tensor) -> None:
-        """Copy the images of the improved samples only (``better`` is on the host)."""
-        if better.all():
-            self.best.copy_(x_adv)
-        elif better.any():
-            rows = better.nonzero().flatten().to(x_adv.device)
-            self.best.index_copy_(0, rows, x_adv.index_select(0, rows))
+    def finish(self, out: _Outcome, done: list[bool]) -> Tensor | None:
+        """Write the rows flagged in ``done`` (on the host) to ``out`` and drop them; return the index of the kept
+        rows on the device, ``None`` when none is left."""
+        finished = [i for i, d in enumerate(done) if d]
+        kept = [i for i, d in enumerate(done) if not d]
+        order = torch.tensor(finished + kept, device=self.index.device)  # the one host-to-device copy
+        self.write(out, order[: len(finished)])
+        if not kept:
+            return None
+        keep = order[len(finished) :]
+        self._compact(keep, kept)
+        return keep
 
     def write(self, out: _Outcome, rows: Tensor) -> None:
-        rows = rows.to(self.index.device).nonzero().flatten()
+        """Store the active ``rows`` (a device index) in the full-batch ``out``."""
         index = self.index.index_select(0, rows)
         for name in ("adversarial", "loss", "score", "success", "iterations", "groups"):
             mine = getattr(self, "best" if name == "adversarial" else name)
             if mine is not None:
                 getattr(out, name)[index] = mine.index_select(0, rows)
 
-    def compact(self, keep: Tensor) -> None:
-        kept = keep.tolist()
-        keep = keep.to(self.x.device)
+    def _compact(self, keep: Tensor, kept: list[int]) -> None:
         for name in ("index", "x", "lo", "hi", "iterations", "best", "loss", "score", "success", "groups"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.index_select(0, keep))
-        self.targets = select(self.targets, keep)
+        self.x_state = self.x.to(self.dtype)
+        self.targets = select(self.targets, keep if isinstance(self.targets, Tensor) else kept)
         self.gens = [self.gens[i] for i in kept]
+
+
+class _Variables:
+    """What sPGD optimises for the active samples, in the state dtype: the magnitude ``p`` (kept in the box
+    ``[lo, hi]``), the mask logits ``m_tilde``, their top-k ``support``, and per sample the number of unchanged
+    supports since its last restart."""
+
+    def __init__(self, s: _Active, grid: tuple[int, int], k: int, eps: float) -> None:
+        self.p = torch.clamp(_uniform(s.gens, s.x.shape[1:], s.dtype, eps), s.lo, s.hi)
+        self.m_tilde = rng.randn(s.gens, (1, *grid), s.dtype)
+        self.support = topk_mask(self.m_tilde, k)
+        self.spare = torch.empty_like(self.support)  # the next support's buffer
+        self.unchanged = torch.zeros(len(s.gens), dtype=torch.long, device=s.x.device)
+
+    def update_support(self, k: int) -> None:
+        """The new top-k support; unchanged supports count up since the sample's last restart, not consecutively
+        (the authors' rule: a support that keeps returning to the same pixels restarts too)."""
+        self.spare, self.support = self.support, topk_mask(self.m_tilde, k, out=self.spare)
+        self.unchanged += (self.support == self.spare).flatten(1).all(1)
+
+    def restart(self, rows: Tensor, gens: list, s: _Active, magnitude_eps: float | None) -> None:
+        """New random mask logits for the rows flagged in ``rows`` (``(B,)`` bool on the device; ``gens``: their
+        generators), and new magnitudes unless ``magnitude_eps`` is ``None``. The draws land in place with a
+        device-side gather (row -> its draw), so no index crosses from the host."""
+        slot = rows.cumsum(0).sub_(1).clamp_(min=0)
+        flagged = rows.view(-1, 1, 1, 1)
+        fresh = rng.randn(gens, self.m_tilde.shape[1:], self.m_tilde.dtype).index_select(0, slot)
+        torch.where(flagged, fresh, self.m_tilde, out=self.m_tilde)
+        if magnitude_eps is not None:
+            fresh = _uniform(gens, self.p.shape[1:], self.p.dtype, magnitude_eps).index_select(0, slot)
+            torch.where(flagged, torch.clamp(fresh, s.lo, s.hi, out=fresh), self.p, out=self.p)
+        self.unchanged.masked_fill_(rows, 0)
+
+    def compact(self, keep: Tensor) -> None:
+        self.p, self.m_tilde, self.support, self.unchanged = (
+            t.index_select(0, keep) for t in (self.p, self.m_tilde, self.support, self.unchanged)
+        )
+        self.spare = torch.empty_like(self.support)

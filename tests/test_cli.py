@@ -341,3 +341,41 @@ def test_every_input_error_is_a_value_error_so_it_exits_2():
     from hf_sparse_attack.tasks import TaskLoadError
 
     assert all(issubclass(error, ValueError) for error in (UsageError, DataError, OutputDirError, TaskLoadError))
+
+
+def test_attack_batches_give_the_results_of_single_images_and_skip_unreadable_files(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(classification_sample(11, i).image).save(folder / f"shape{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    runs = {}
+    for size in ("1", "2"):
+        out = tmp_path / f"out{size}"
+        cli.main(["attack", str(folder), "--model_name_or_path", str(model_path("classifier")), "--k", "3",
+                  "--steps", "10", "--per_device_batch_size", size, "--output_dir", str(out)])
+        runs[size] = json.loads((out / "summary.json").read_text())
+        assert runs[size]["skipped"] == [{"file": str(folder / "broken.png"),
+                                          "skipped": runs[size]["skipped"][0]["skipped"]}]
+        assert "cannot read or prepare it" in runs[size]["skipped"][0]["skipped"]
+        assert runs[size]["device"] == "cpu" and runs[size]["torch_dtype"] == "float32"
+    assert [e["file"] for e in runs["1"]["images"]] == [str(folder / f"shape{i}.png") for i in range(3)]
+    for one, two in zip(runs["1"]["images"], runs["2"]["images"]):  # a sample's attack does not depend on its batch
+        for a, b in zip(one.pop("attacks"), two.pop("attacks")):  # (the loss up to the float rounding of a batch)
+            assert a.pop("loss") == pytest.approx(b.pop("loss"), rel=1e-5)
+            assert a.pop("score") == pytest.approx(b.pop("score"), rel=1e-5)
+            assert a == b
+        assert one == two
+    for i in range(3):
+        assert np.array_equal(pixels(tmp_path / "out1" / f"shape{i}.png" / "adversarial_k3.png"),
+                              pixels(tmp_path / "out2" / f"shape{i}.png" / "adversarial_k3.png"))
+    assert "broken.png: skipped" in capsys.readouterr().err
+
+
+def test_attack_refuses_a_device_this_machine_lacks(tmp_path, images):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["attack", str(images), "--model_name_or_path", str(model_path("classifier")), "--device", "cuda",
+                  "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2

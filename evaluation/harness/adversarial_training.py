@@ -31,7 +31,7 @@ from .batch import load_samples, prepare_batch
 from .command_line import UsageError
 from .data import Columns, DataError, EvalDataset, load_hf
 from .device_flags import torch_dtype
-from .processes import setup, start_logging
+from .processes import check_shared_dir, setup, start_logging
 from .records import (
     RESULTS_FILE,
     RunDirectory,
@@ -149,6 +149,7 @@ def open_output_dir(accelerator: Any, args: argparse.Namespace) -> list[Path]:
                                 refusal)
     accelerator.wait_for_everyone()  # every process has looked before anything is removed
     RunDirectory(output_dir, {}).probe()
+    check_shared_dir(accelerator, output_dir)
     return previous
 
 

@@ -55,12 +55,24 @@ def debug_mode(enabled: bool) -> Iterator[None]:
 USAGE_ERRORS = (ValueError, OSError)
 
 
+#: What a collective raises in a process whose peer has stopped (gloo, NCCL): that process's own error is the cause.
+_PEER_STOPPED = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
+                 "NCCL communicator was aborted")
+
+
 def report(prog: str, err: BaseException) -> int:
-    """Print ``err`` as one line on stderr; return its exit code: 2 for bad input, 1 for a bug."""
+    """Print ``err`` as one line on stderr; return its exit code: 2 for bad input, 1 for a bug. Under a launcher
+    of several processes the line names the process (``[rank R/N]``), and a collective that failed because another
+    process stopped says so instead of reporting a bug."""
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    prog = f"{prog} [rank {os.environ.get('RANK', '0')}/{world}]" if world > 1 else prog
     if isinstance(err, USAGE_ERRORS):
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
+    if world > 1 and any(sign in str(err) for sign in _PEER_STOPPED):
+        print(f"{prog}: stopped: another process failed (its error is above)", file=sys.stderr)
+        return 1
     print(f"{prog}: internal error (a bug; please report it): {type(err).__name__}: {message}; rerun with --debug "
           "for the traceback", file=sys.stderr)
     return 1

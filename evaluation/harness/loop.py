@@ -37,7 +37,7 @@ from .batch import attack_batch, batches, check_task_model, load_data, load_obje
 from .data import DataError, EvalDataset
 from .device_flags import autocast
 from .pictures import save_curve, save_grid
-from .processes import compute_all, metric_group, setup, start_logging
+from .processes import check_shared_dir, compute_all, metric_group, setup, start_logging
 from .progress import attack_length
 from .records import RECORDS_FILE, RunDirectory, load_png
 from .script_flags import check_args, settings
@@ -70,6 +70,7 @@ def open_run(accelerator: Any, args: argparse.Namespace) -> tuple[RunDirectory, 
     resume = run.check(args.overwrite)
     accelerator.wait_for_everyone()
     run.probe()
+    check_shared_dir(accelerator, run.path)
     return run, resume
 
 

@@ -7,6 +7,7 @@ import datetime
 import logging
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,3 +79,36 @@ def metric_group(accelerator: Any) -> Any:
     if accelerator.num_processes == 1 or dist.get_backend() == "gloo":
         return None
     return dist.new_group(backend="gloo")
+
+
+#: The file the main process writes in ``--output_dir`` for the other processes to find (:func:`check_shared_dir`).
+SHARED_MARKER = ".hf_sparse_attack_shared"
+
+
+def check_shared_dir(accelerator: Any, path: str | os.PathLike) -> None:
+    """Every process: check that all see the same directory ``path`` (the records are gathered through it, so on
+    several machines it must be on a shared file system). The main process writes a marker holding a fresh token;
+    each process reads it back; all raise the same :class:`UsageError` naming the processes that do not see it."""
+    import uuid
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if accelerator.num_processes == 1:
+        return
+    marker = Path(path) / SHARED_MARKER
+    token = [uuid.uuid4().hex if accelerator.is_main_process else None]
+    if accelerator.is_main_process:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token[0])
+    broadcast_object_list(token)  # also a barrier: the marker is written before anyone reads it
+    try:
+        seen = marker.read_text() == token[0]
+    except OSError:
+        seen = False
+    blind = [rank for rank, ok in enumerate(gather_object([seen])) if not ok]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UsageError(f"process(es) {blind} do not see the main process's --output_dir {str(path)!r}: every "
+                         "process writes its records there, so on several machines it must be a shared file system")
