@@ -27,6 +27,8 @@ hf_sparse_attack.tasks.loading.TaskLoadError: model directory './no/such/model' 
 from __future__ import annotations
 
 import os
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,10 +169,11 @@ def check_model(
     """
     source = os.fspath(name_or_path)
     local = _local_directory(source)
-    offline = _offline()
+    offline = _use_cache_only(source, local)
     config, remote = _checked_config(source, local, offline, trust_remote_code)
     model_type = config.get("model_type")
-    task = _check_task(task) if task is not None else _infer_task(source, config, remote)
+    task = _check_wanted_task(source, config, remote, task) if task is not None else _infer_task(source, config,
+                                                                                                 remote)
     adapter, _, supported = ADAPTERS[task]
     if not remote and model_type not in supported:
         raise TaskLoadError(
@@ -200,7 +203,8 @@ def infer_task(name_or_path: str | os.PathLike, trust_remote_code: bool = False)
     Raises :class:`TaskLoadError` for the same problems as :func:`load_task` (missing path, offline, remote code).
     """
     source = os.fspath(name_or_path)
-    config, remote = _checked_config(source, _local_directory(source), _offline(), trust_remote_code)
+    local = _local_directory(source)
+    config, remote = _checked_config(source, local, _use_cache_only(source, local), trust_remote_code)
     return _infer_task(source, config, remote)
 
 
@@ -244,6 +248,39 @@ def _local_directory(source: str) -> Path | None:
     return None
 
 
+#: Seconds to wait for the Hub to answer a connection before saying it cannot be reached (transformers' own retries
+#: take half a minute).
+HUB_CONNECT_TIMEOUT = 3.0
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub endpoint cannot be reached (a TCP connection within :data:`HUB_CONNECT_TIMEOUT`), else ``None``."""
+    url = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_CONNECT_TIMEOUT).close()
+    except OSError as err:
+        return f"{url.hostname}:{port}: {err}"
+    return None
+
+
+def _use_cache_only(source: str, local: Path | None) -> bool:
+    """Whether to read ``source`` from the Hugging Face cache only: in offline mode, or when the Hub cannot be
+    reached and the cache has the model (then without transformers' half a minute of retries). A Hub name neither
+    reachable nor cached is a :class:`TaskLoadError` at once."""
+    if local is not None or _offline():
+        return local is None
+    reason = _hub_unreachable()
+    if reason is None:
+        return False
+    if isinstance(huggingface_hub.try_to_load_from_cache(source, transformers.utils.CONFIG_NAME), str):
+        return True
+    raise TaskLoadError(
+        f"cannot reach the Hugging Face Hub to get {source!r} ({reason}), and it is not in the cache; check the "
+        "network (or HF_ENDPOINT), or pass the path of a local copy (save_pretrained)"
+    )
+
+
 def _read_config(source: str, local: Path | None, offline: bool) -> dict:
     try:
         config, _ = transformers.PretrainedConfig.get_config_dict(source, local_files_only=offline)
@@ -264,9 +301,33 @@ def _read_config(source: str, local: Path | None, offline: bool) -> dict:
     return config
 
 
-def _check_task(task: str) -> str:
+#: What a model of each task is, for messages.
+KINDS = {"classification": "an image classifier", "detection": "an object detector",
+         "segmentation": "a semantic segmentation model"}
+
+
+class WrongTaskError(TaskLoadError):
+    """The model's head is of another task than the one asked for; ``found`` is the model's own task."""
+
+    def __init__(self, message: str, found: str) -> None:
+        super().__init__(message)
+        self.found = found
+
+
+def _check_wanted_task(source: str, config: dict, remote: bool, task: str) -> str:
+    """``task``, once known and matching the checkpoint's head (:class:`WrongTaskError` naming both otherwise; a
+    checkpoint without a head of any task may still get one of ``task``)."""
     if task not in ADAPTERS:
         raise TaskLoadError(f"unknown task {task!r}; choose one of {sorted(ADAPTERS)}")
+    if not config.get("architectures") and not remote:
+        return task  # no head: its model type decides what it can be loaded as
+    try:
+        found = _infer_task(source, config, remote)
+    except TaskLoadError:
+        return task
+    if found != task:
+        head = ", ".join(config.get("architectures") or []) or "remote code"
+        raise WrongTaskError(f"{source!r} is {KINDS[found]} ({head}), not {KINDS[task]}", found)
     return task
 
 

@@ -107,3 +107,19 @@ def test_cli_errors_are_one_line_exit_2(flags, message, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()  # nothing written: the problem is found before anything runs
+
+
+def test_a_model_of_another_task_names_the_script_or_command_for_it(tmp_path, capsys):
+    from hf_sparse_attack.evaluation import train_sparse_adversarial
+    from hf_sparse_attack.evaluation.embedded import model_path
+
+    detector = str(model_path("detector"))
+    for main, argv, expected in (
+        (eval_classification.main, ["--dataset_name", "d"], "is an object detector (ConditionalDetrForObjectDetection), "
+         "not an image classifier: evaluate it with evaluation/eval_detection.py, or with hf-sparse-attack eval"),
+        (train_sparse_adversarial.main, ["--dataset_name", "d"], "sparse adversarial training takes image "
+         "classifiers; "),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--model_name_or_path", detector, "--output_dir", str(tmp_path / "out"), *argv])
+        assert exit_info.value.code == 2 and expected in capsys.readouterr().err

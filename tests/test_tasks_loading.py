@@ -89,6 +89,34 @@ def test_offline_hub_name_fails_at_once_and_says_what_to_do(monkeypatch):
     assert time.monotonic() - start < 10
 
 
+def test_unreachable_hub_fails_within_seconds_unless_the_cache_has_the_model(monkeypatch, dirs):
+    import huggingface_hub
+
+    from hf_sparse_attack.tasks import loading
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(TaskLoadError, match=r"cannot reach the Hugging Face Hub to get 'nobody/no-such-model' "
+                       r"\(127.0.0.1:9: .*not in the cache"):
+        load_task("nobody/no-such-model")
+    assert time.monotonic() - start < loading.HUB_CONNECT_TIMEOUT + 5
+    cached = {"nobody/cached-model": str(dirs["vit"] / "config.json")}
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: cached.get(repo))
+    assert loading._use_cache_only("nobody/cached-model", None)  # read from the cache at once, no retries
+
+
+def test_a_model_of_another_task_is_named_as_such(dirs):
+    from hf_sparse_attack.tasks.loading import WrongTaskError
+
+    with pytest.raises(WrongTaskError, match=r"is an image classifier \(ViTForImageClassification\), not an object "
+                       "detector") as error:
+        load_task(dirs["vit"], task="detection")
+    assert error.value.found == "classification"
+
+
 def test_unsupported_architectures_list_what_is_supported(dirs, tmp_path):
     text_model = hf.BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
     text_model.save_pretrained(tmp_path)
@@ -96,10 +124,11 @@ def test_unsupported_architectures_list_what_is_supported(dirs, tmp_path):
         TaskLoadError, match=r"'bert'.*no adapter supports; supported model types: classification: .*vit"
     ):
         load_task(tmp_path)
-    with pytest.raises(
+    with pytest.raises(  # a checkpoint without a head: the type decides
         TaskLoadError, match=r"'vit', which the detection adapter does not support; .*conditional_detr, .*detr"
     ):
-        load_task(dirs["vit"], task="detection")
+        hf.ViTConfig().save_pretrained(tmp_path / "bare")
+        load_task(tmp_path / "bare", task="detection")
     headless = tmp_path / "headless"
     hf.ViTConfig(architectures=["ViTModel"]).save_pretrained(headless)
     with pytest.raises(

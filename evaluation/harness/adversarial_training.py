@@ -25,6 +25,7 @@ from transformers import SchedulerType, get_scheduler
 
 from hf_sparse_attack import tasks
 from hf_sparse_attack.rng import sample_seed
+from hf_sparse_attack.tasks.loading import WrongTaskError
 from hf_sparse_attack.training import SparseAdversarialTraining
 
 from .batch import load_samples, prepare_batch
@@ -245,7 +246,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
 def train(args: argparse.Namespace) -> dict:
     """Train as ``args`` say (see the module docstring); the results, also in ``output_dir/all_results.json``."""
     training = check_args(args)
-    tasks.check_model(args.model_name_or_path, task="classification", trust_remote_code=args.trust_remote_code)
+    try:
+        tasks.check_model(args.model_name_or_path, task="classification", trust_remote_code=args.trust_remote_code)
+    except WrongTaskError as err:
+        raise UsageError(f"sparse adversarial training takes image classifiers; {err}") from None
     accelerator = setup(args, training=True)
     output_dir = Path(args.output_dir)
     previous = open_output_dir(accelerator, args)

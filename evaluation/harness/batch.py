@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from accelerate.logging import get_logger
 
+from .command_line import UsageError
 from .data import BadSample, CocoDataset, Columns, EvalDataset, Sample, load_hf
 from .device_flags import torch_dtype
 from .progress import AttackProgress
@@ -21,10 +22,14 @@ logger = get_logger(__name__)
 
 def check_task_model(spec: TaskSpec, name: str, args: argparse.Namespace) -> Any:
     """:func:`tasks.check_model` with the task's options from the flags: a bad model or option is reported before
-    anything heavy (no weights are read)."""
-    from hf_sparse_attack import tasks
-    return tasks.check_model(name, task=spec.task, trust_remote_code=args.trust_remote_code,
-                             **task_options(args))
+    anything heavy (no weights are read); a model of another task names the script that evaluates it."""
+    from hf_sparse_attack.tasks.loading import WrongTaskError, check_model
+
+    try:
+        return check_model(name, task=spec.task, trust_remote_code=args.trust_remote_code, **task_options(args))
+    except WrongTaskError as err:
+        raise UsageError(f"{err}: evaluate it with evaluation/eval_{err.found}.py, or with hf-sparse-attack eval, "
+                         "which picks the script of the model's task") from None
 
 
 def load_objective(spec: TaskSpec, name: str, args: argparse.Namespace, device: torch.device):
