@@ -39,28 +39,29 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from hf_sparse_attack.evaluation.harness.command_line import Parser, run_script
+from hf_sparse_attack.evaluation.harness.command_line import THREADS_HELP, Parser, run_script
 from hf_sparse_attack.evaluation.harness.device_flags import add_device_arguments
 from hf_sparse_attack.vocabulary import TRAINING_GRADIENTS, TRAINING_LOSSES
 
 
 def build_parser() -> Parser:
     """The flags: transformers' ``run_image_classification_no_trainer.py`` names, data flags as the eval scripts."""
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", required=True, help="Hub name or directory of an image classifier")
     model.add_argument("--trust_remote_code", action="store_true", help="allow model code from the repository")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", required=True,
                       help="Hub name, save_to_disk directory, or image folder with metadata.jsonl")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--dataset_split", default="train")
-    data.add_argument("--image_column_name", default="image")
+    data.add_argument("--dataset_config_name", help="the dataset's configuration (Hub datasets with several)")
+    data.add_argument("--dataset_split", default="train", help="the split trained on")
+    data.add_argument("--image_column_name", default="image", help="the column of the images")
     data.add_argument("--label_column_name", default="label", help="class id column")
     data.add_argument("--max_train_samples", type=int, help="train on the first N samples only")
     data.add_argument("--cache_dir", help="datasets cache directory")
     attack = parser.add_argument_group("sparse adversarial training")
-    attack.add_argument("--loss", choices=TRAINING_LOSSES, default="sat")
+    attack.add_argument("--loss", choices=TRAINING_LOSSES, default="sat", help="sat: sparse adversarial training; "
+                        "strades: sparse TRADES")
     attack.add_argument("--beta", type=float, default=6.0, help="TRADES weight of the KL term (--loss strades)")
     attack.add_argument("--k", type=int, default=10, help="pixel budget of the training attack")
     attack.add_argument("--steps", type=int, default=20, help="sPGD iterations per batch")
@@ -68,16 +69,16 @@ def build_parser() -> Parser:
     attack.add_argument("--gradient", choices=TRAINING_GRADIENTS, default="random",
                         help="per-batch choice between the unprojected and projected sPGD gradients")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--per_device_train_batch_size", type=int, default=8)
+    optim.add_argument("--per_device_train_batch_size", type=int, default=8, help="images per step per process")
     optim.add_argument("--learning_rate", type=float, default=5e-5, help="AdamW learning rate")
-    optim.add_argument("--weight_decay", type=float, default=0.0)
-    optim.add_argument("--num_train_epochs", type=int, default=3)
+    optim.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    optim.add_argument("--num_train_epochs", type=int, default=3, help="passes over the data")
     optim.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
     optim.add_argument("--lr_scheduler_type", default="linear",
                        help="a transformers SchedulerType: linear (default), cosine, constant, ...")
-    optim.add_argument("--num_warmup_steps", type=int, default=0)
+    optim.add_argument("--num_warmup_steps", type=int, default=0, help="learning-rate warm-up steps")
     run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", required=True)
+    run.add_argument("--output_dir", required=True, help="checkpoints, the trained model and all_results.json")
     run.add_argument("--checkpointing_steps", type=int, help="save a checkpoint every N steps")
     previous = run.add_mutually_exclusive_group()
     previous.add_argument("--resume_from_checkpoint", help="a checkpoint directory, or 'latest' (in --output_dir)")
@@ -85,7 +86,7 @@ def build_parser() -> Parser:
                           help="remove the outputs of a previous training from --output_dir (other files stay)")
     run.add_argument("--seed", type=int, default=0, help="seed of the data order, dropout and attacks")
     run.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
-    run.add_argument("--num_threads", type=int, help="torch CPU threads (default 1 on CPU)")
+    run.add_argument("--num_threads", type=int, help=THREADS_HELP)
     add_device_arguments(parser.add_argument_group("device and precision"))
     return parser
 

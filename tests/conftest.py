@@ -8,6 +8,13 @@ from hf_sparse_attack.evaluation.testdata.digits import digits_split, train_digi
 from hf_sparse_attack.tasks import load_task
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_after_each_test():
+    """Scripts run in-process set torch's threads to the cores available; the next test starts with one again."""
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def digits_model():
     """The digits CNN trained on scikit-learn's digits: ``(model, test accuracy)``."""

@@ -379,3 +379,16 @@ def test_attack_refuses_a_device_this_machine_lacks(tmp_path, images):
         cli.main(["attack", str(images), "--model_name_or_path", str(model_path("classifier")), "--device", "cuda",
                   "--output_dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["attack", "transfer", "train", "demo"])
+def test_each_command_help_names_the_command_and_shows_the_defaults(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith(f"usage: hf-sparse-attack {command} ")
+    assert "(default: the cores available, shared among this machine's processes)" in text
+    expected = {"attack": ["(default: 100)", "(default: spgd)"], "transfer": ["(default: 100)", "(default: spgd)"],
+                "train": ["(default: sat)", "(default: 20)"], "demo": ["(default: 32)"]}  # --steps, --attack, --loss
+    assert all(default in text for default in expected[command])

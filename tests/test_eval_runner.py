@@ -123,3 +123,16 @@ def test_a_model_of_another_task_names_the_script_or_command_for_it(tmp_path, ca
         with pytest.raises(SystemExit) as exit_info:
             main(["--model_name_or_path", detector, "--output_dir", str(tmp_path / "out"), *argv])
         assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--k", "5000"], "--k 5000 is more than the 4096 pixels of the model's 64x64 input"),
+    (["--k", "300", "--kernel", "square:4", "--stride", "4"], "--k 300 is more than the 256 kernel placements"),
+])
+def test_a_budget_larger_than_the_input_is_refused_before_the_data_loads(tmp_path, capsys, flags, message):
+    from hf_sparse_attack.evaluation.embedded import model_path
+
+    with pytest.raises(SystemExit) as exit_info:  # the dataset does not exist: it is never opened
+        eval_classification.main(["--model_name_or_path", str(model_path("classifier")), "--dataset_name",
+                                  str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out"), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -20,7 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hf_sparse_attack.evaluation.harness.attack_flags import add_attack_arguments
-from hf_sparse_attack.evaluation.harness.command_line import Parser, UsageError, debug_mode, debugging, report
+from hf_sparse_attack.evaluation.harness.command_line import (
+    THREADS_HELP,
+    Parser,
+    UsageError,
+    debug_mode,
+    debugging,
+    default_threads,
+    report,
+)
 from hf_sparse_attack.evaluation.harness.device_flags import add_device_arguments
 from hf_sparse_attack.evaluation.harness.task_flags import add_task_arguments, task_options
 
@@ -35,7 +43,7 @@ class CliError(UsageError):
 # ------------------------------------------------------------------------------------------------------ attack
 def attack_parser() -> Parser:
     """``attack``'s flags; the attack flags are the evaluation scripts' own (one vocabulary)."""
-    parser = Parser(prog="hf-sparse-attack attack", formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = Parser(prog="hf-sparse-attack attack",
                     description="Attack one image file or every image of a folder. The target of each image is the "
                     "model's clean prediction (class, detections or label map): the attack tries to change it.\n\n"
                     "Writes into --output_dir, per image file NAME: NAME/clean.png (the pixels the model sees, at its "
@@ -50,14 +58,14 @@ def attack_parser() -> Parser:
     parser.add_argument("--model_name_or_path", required=True, help="Hub name or local directory of the model")
     parser.add_argument("--output_dir", required=True, help="where the PNGs and summary.json are written")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the repository")
-    parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--num_threads", type=int, help=THREADS_HELP)
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir, replacing "
                         "an earlier attack's outputs there (other files stay)")
     add_attack_arguments(parser.add_argument_group("attack"))  # shared with the evaluation scripts
     add_task_arguments(parser.add_argument_group("task options (each applies to the tasks it names only; "
                                                  "default: the task's own)"))
     run = parser.add_argument_group("device and precision")
-    run.add_argument("--per_device_batch_size", type=int, default=8, help="images attacked together (default 8)")
+    run.add_argument("--per_device_batch_size", type=int, default=8, help="images attacked together")
     add_device_arguments(run, processes=False)
     return parser
 
@@ -256,10 +264,12 @@ def run_attack(args: argparse.Namespace) -> dict:
     from hf_sparse_attack import tasks
     from hf_sparse_attack.config import to_dict
     from hf_sparse_attack.evaluation.harness.attack_configs import attack_configs
+    from hf_sparse_attack.evaluation.harness.batch import check_budgets
     from hf_sparse_attack.evaluation.harness.device_flags import torch_dtype
     from hf_sparse_attack.evaluation.harness.progress import attack_length
     from hf_sparse_attack.evaluation.harness.records import write_json
 
+    args.num_threads = args.num_threads or default_threads()
     for name in ("num_threads", "per_device_batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
@@ -268,7 +278,8 @@ def run_attack(args: argparse.Namespace) -> dict:
     device = attack_device(args.device)
     args.mixed_precision = args.mixed_precision or "no"
     options = task_options(args)  # an option the model's task does not take is a TaskLoadError naming both
-    tasks.check_model(args.model_name_or_path, trust_remote_code=args.trust_remote_code, **options)
+    check_budgets(attacks, tasks.check_model(args.model_name_or_path, trust_remote_code=args.trust_remote_code,
+                                             **options))
     out = Path(args.output_dir)
     open_output_dir(out, files, args.overwrite)
     torch.set_num_threads(args.num_threads)
@@ -317,7 +328,7 @@ def attack_command(argv: Sequence[str]) -> dict:
 # ------------------------------------------------------------------------------------------------ dispatchers
 def eval_command(argv: Sequence[str]) -> object:
     """``hf-sparse-attack eval``: the evaluation script of the model's task, with all the arguments."""
-    parser = Parser(prog="hf-sparse-attack eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = Parser(prog="hf-sparse-attack eval",
                     description="Evaluate a model's robustness on a dataset: reads the model's config, then runs "
                     "the evaluation script of its task (evaluation/eval_classification.py, eval_detection.py or "
                     "eval_segmentation.py) with every argument given here.\n\nFor the full list of the task's "

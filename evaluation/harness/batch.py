@@ -32,6 +32,40 @@ def check_task_model(spec: TaskSpec, name: str, args: argparse.Namespace) -> Any
                          "which picks the script of the model's task") from None
 
 
+def input_size(checked: Any) -> tuple[int, int] | None:
+    """The ``(height, width)`` of the model's input as its processor makes it (a fixed resize or crop); for a
+    processor that keeps the aspect ratio (detection), the largest square it can produce; ``None`` if unknown."""
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(checked.source, local_files_only=checked.offline)
+    except (OSError, ValueError):
+        return None  # reported with its cause when the model loads
+    size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    size = size or getattr(processor, "size", None) or {}
+    if "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    edge = size.get("longest_edge") or size.get("shortest_edge")
+    return (int(edge), int(edge)) if edge else None
+
+
+def check_budgets(attacks: list, checked: Any) -> None:
+    """Refuse a budget ``k`` larger than the model's input has pixels (or kernel placements), before any data or
+    weights load: :class:`UsageError` naming ``k`` and the input size."""
+    from hf_sparse_attack.config import build_structure
+
+    size = input_size(checked)
+    if size is None:
+        return
+    for attack in attacks:
+        structure = build_structure(attack.kernel, attack.stride, *size) if attack.kernel is not None else None
+        positions = structure.grid_shape[0] * structure.grid_shape[1] if structure else size[0] * size[1]
+        if attack.k > positions:
+            what = "kernel placements" if structure else "pixels"
+            raise UsageError(f"--k {attack.k} is more than the {positions} {what} of the model's {size[0]}x{size[1]} "
+                             "input")
+
+
 def load_objective(spec: TaskSpec, name: str, args: argparse.Namespace, device: torch.device):
     """``tasks.load_task`` with the task's options from the flags."""
     from hf_sparse_attack import tasks

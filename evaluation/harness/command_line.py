@@ -17,11 +17,38 @@ class UsageError(ValueError):
     """A bad command line or configuration: reported as one line, exit code 2."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and the default of every option that takes a value in its help (unless the help
+    states it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or action.nargs == 0 or "default" in text \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
-    """``ArgumentParser`` whose errors are one line (exit code 2)."""
+    """``ArgumentParser`` whose errors are one line (exit code 2), with :class:`HelpFormatter`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def default_threads() -> int:
+    """torch CPU threads when ``--num_threads`` is not given: the cores this process may use, shared among the
+    processes a launcher started on this machine (``LOCAL_WORLD_SIZE``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+#: ``--num_threads`` help, the same on every command.
+THREADS_HELP = "torch CPU threads (default: the cores available, shared among this machine's processes)"
 
 
 #: Set (to anything but ``""`` or ``"0"``) by ``--debug``: errors are raised with their traceback.

@@ -33,8 +33,18 @@ from tqdm.auto import tqdm
 from hf_sparse_attack.config import to_dict
 
 from .attack_configs import attack_configs
-from .batch import attack_batch, batches, check_task_model, load_data, load_objective, load_samples, log_skipped
-from .data import DataError, EvalDataset
+from .batch import (
+    attack_batch,
+    batches,
+    check_budgets,
+    check_task_model,
+    load_data,
+    load_objective,
+    load_samples,
+    log_skipped,
+    prepare_batch,
+)
+from .data import DataError, EvalDataset, Sample
 from .device_flags import autocast
 from .pictures import save_curve, save_grid
 from .processes import check_shared_dir, compute_all, metric_group, setup, start_logging
@@ -183,6 +193,7 @@ def run_evaluation(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     check_args(args)
     attacks = attack_configs(args)
     checked = check_task_model(spec, args.model_name_or_path, args)
+    check_budgets(attacks, checked)
     accelerator = setup(args)
     run, resume = open_run(accelerator, args)
     dataset = load_data(spec, args, checked.label2id)
@@ -223,8 +234,9 @@ def run_evaluation(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
             "results": [{"k": a.k, "attack": to_dict(a), "metrics": computed[a.k]} for a in attacks],
             **summary(dataset, args, records, run, len(done), started, accelerator),
         }
+        drawn = load_samples(dataset, range(len(examples)))[0]  # the first --num_pictures samples
         results["pictures"] = write_pictures(spec, objective, run, split_records(records)[0], attacks, computed,
-                                             sorted(examples))
+                                             drawn)
         run.write_results(results)
         logger.info("results in %s: %s", run.path, {k: _short(v) for k, v in computed.items()})
     accelerator.wait_for_everyone()
@@ -236,21 +248,25 @@ def _short(metrics: dict) -> dict:
 
 
 def write_pictures(spec: TaskSpec, objective: Any, run: RunDirectory, by_k: dict[int, list[dict]], attacks: list,
-                   computed: dict[int, dict], example_ids: list[int]) -> list[str]:
-    """The example grid of each k and, for several k, the metric against k; returns the files written."""
-    written = []
-    clean_paths = {i: run.path / "examples" / f"{i}.png" for i in example_ids}
+                   computed: dict[int, dict], examples: list[Sample]) -> list[str]:
+    """The example grid of each k (the ``examples`` prepared again, for their targets) and, for several k, the
+    metric against k; returns the files written."""
+    written, targets = [], {}
+    if examples:
+        kept, _, prepared, _ = prepare_batch(objective, examples, lambda s: spec.annotation(objective, s))
+        targets = dict(zip([s.id for s in kept], prepared)) if kept else {}
+    clean_paths = {i: run.path / "examples" / f"{i}.png" for i in targets}
     for attack in attacks:
         records = {r["id"]: r for r in by_k.get(attack.k, [])}
         rows = [
             spec.panels(objective, load_png(clean_paths[i]), load_png(run.path / "examples" / f"{i}_k{attack.k}.png"),
-                        records[i])
-            for i in example_ids if i in records and clean_paths[i].exists()
+                        records[i], targets[i])
+            for i in sorted(targets) if i in records and clean_paths[i].exists()
         ]
         if rows:
             name = f"pictures/examples_k{attack.k}.png"
             save_grid(rows, run.path / name, title=f"{objective.name_or_path}: {type(attack).__name__} k={attack.k}",
-                      num_classes=objective.model.config.num_labels)
+                      num_classes=objective.model.config.num_labels, class_names=objective.model.config.id2label)
             written.append(name)
     if len(attacks) > 1:
         ks = [a.k for a in attacks]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .command_line import UsageError
+from .command_line import UsageError, default_threads
 from .device_flags import MIXED_PRECISIONS
 
 
@@ -50,7 +50,7 @@ def setup(args: argparse.Namespace, training: bool = False):
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(args.num_threads or 1)
+        torch.set_num_threads(args.num_threads or default_threads())
     elif args.num_threads:
         torch.set_num_threads(args.num_threads)
     return accelerator

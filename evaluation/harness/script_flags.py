@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from .attack_flags import add_attack_arguments
-from .command_line import Parser, UsageError
+from .command_line import THREADS_HELP, Parser, UsageError
 from .data import BBOX_FORMATS
 from .device_flags import add_device_arguments
 from .task_flags import TASK_OPTION_FLAGS, add_task_arguments
@@ -22,7 +22,7 @@ RUNTIME_FLAGS = ("output_dir", "overwrite", "num_threads", "stop_after_batches",
 def build_parser(task: str | None, description: str = "", transfer: bool = False) -> Parser:
     """The shared flags (transformers' ``run_*_no_trainer.py`` names where they exist) plus those of ``task``
     (every task's with ``None``)."""
-    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=description)
     model = parser.add_argument_group("model")
     if transfer:
         model.add_argument("--model_name_or_path", nargs="+", required=True,
@@ -35,14 +35,15 @@ def build_parser(task: str | None, description: str = "", transfer: bool = False
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", help="Hub name, save_to_disk directory, or image folder with metadata.jsonl")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--dataset_split", default="validation")
-    data.add_argument("--image_column_name", default="image")
+    data.add_argument("--dataset_config_name", help="the dataset's configuration (Hub datasets with several)")
+    data.add_argument("--dataset_split", default="validation", help="the split evaluated (a dataset with one split: "
+                      "that one)")
+    data.add_argument("--image_column_name", default="image", help="the column of the images")
     if task != "detection":
         data.add_argument("--label_column_name", default="label",
                           help="class id (classification) or label-map image (segmentation) column")
     if task == "detection":
-        data.add_argument("--objects_column_name", default="objects")
+        data.add_argument("--objects_column_name", default="objects", help="the column of the boxes and classes")
         data.add_argument("--bbox_key", default="bbox", help="key of the boxes in the objects column")
         data.add_argument("--category_key", default="category", help="key of the class ids in the objects column")
         data.add_argument("--bbox_format", default="xywh", choices=BBOX_FORMATS, help="COCO xywh or xyxy pixels")
@@ -58,14 +59,14 @@ def build_parser(task: str | None, description: str = "", transfer: bool = False
                        (task,) if task else tuple(TASK_OPTION_FLAGS))
 
     run = parser.add_argument_group("run")
-    run.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    run.add_argument("--per_device_eval_batch_size", type=int, default=8, help="images attacked together per process")
     run.add_argument("--output_dir", required=True, help="results, records and pictures (resumed if unfinished)")
     run.add_argument("--overwrite", action="store_true", help="replace the results of a finished or other run")
     run.add_argument("--save_adversarial", action="store_true",
                      help="save every adversarial image as a lossless PNG under output_dir/adversarial/")
     run.add_argument("--num_pictures", type=int, default=4, help="examples drawn in the pictures")
     run.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
-    run.add_argument("--num_threads", type=int, help="torch CPU threads (default 1 on CPU)")
+    run.add_argument("--num_threads", type=int, help=THREADS_HELP)
     run.add_argument("--stop_after_batches", type=int,
                      help="stop after N batches per process (a time-sliced job); rerun the command to continue")
     add_device_arguments(parser.add_argument_group("device and precision"))
