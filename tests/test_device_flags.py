@@ -46,7 +46,7 @@ def test_the_bar_moves_with_each_forward_pass_and_ends_at_the_attack_length():
         assert bar.positions[:passes] == list(range(1, passes + 1))  # one step per forward pass, then the top-up
 
 
-def test_weights_dtype_and_mixed_precision_are_honoured_and_recorded(tmp_path):
+def test_weights_dtype_and_mixed_precision_are_honoured_and_recorded(tmp_path, capsys):
     write_dataset("classification", 4, tmp_path / "data")
     argv = ["--model_name_or_path", str(model_path("classifier")), "--dataset_name", str(tmp_path / "data"),
             "--k", "2", "--steps", "3", "--output_dir", str(tmp_path / "out"), "--torch_dtype", "bfloat16",
@@ -59,6 +59,10 @@ def test_weights_dtype_and_mixed_precision_are_honoured_and_recorded(tmp_path):
     results = eval_classification.main(argv)
     assert (results["torch_dtype"], results["mixed_precision"], results["device"]) == ("bfloat16", "bf16", "cpu")
     assert json.loads((tmp_path / "out" / "all_results.json").read_text())["mixed_precision"] == "bf16"
+    printed = capsys.readouterr().out  # the run ends with the table of its metric and where its files are
+    metrics = results["results"][0]["metrics"]
+    assert (f"2  accuracy  {metrics['clean_accuracy']:.3f}  {metrics['robust_accuracy']:.3f}" in printed
+            and f"results in {tmp_path / 'out' / 'all_results.json'}" in printed), printed
 
 
 @pytest.mark.parametrize(("flags", "message"), [

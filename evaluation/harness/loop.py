@@ -46,32 +46,16 @@ from .batch import (
 )
 from .data import DataError, EvalDataset, Sample
 from .device_flags import autocast
+from .export import check_sharing, share_results
 from .pictures import save_curve, save_grid
 from .processes import check_shared_dir, compute_all, metric_group, setup, start_logging
 from .progress import attack_length
-from .records import RECORDS_FILE, RunDirectory, load_png
+from .records import RECORDS_FILE, RESULTS_FILE, RunDirectory, load_png
+from .report import RunningMetric, metric_table
 from .script_flags import check_args, settings
 from .task_spec import TaskSpec
 
 logger = get_logger(__name__)
-
-
-class Running:
-    """Robust accuracy (1 - attack success rate) per k over the records seen so far, for the progress bar (of a
-    transfer run: on the diagonal)."""
-
-    def __init__(self) -> None:
-        self.seen: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-
-    def add(self, records: list[dict]) -> None:
-        for record in records:
-            if "k" in record and record.get("source") == record.get("target"):
-                counts = self.seen[record["k"]]
-                counts[0] += 1
-                counts[1] += not record["success"]
-
-    def postfix(self) -> dict[str, str]:
-        return {f"robust@k={k}": f"{robust / total:.3f}" for k, (total, robust) in sorted(self.seen.items())}
 
 
 def open_run(accelerator: Any, args: argparse.Namespace) -> tuple[RunDirectory, bool]:
@@ -94,16 +78,16 @@ def start_run(accelerator: Any, run: RunDirectory, resume: bool) -> set[str]:
 
 
 def process_units(accelerator: Any, names: list[str], done: set[str], work: Callable[[int, Any], list[dict]],
-                  run: RunDirectory, args: argparse.Namespace, description: str,
-                  passes: int) -> tuple[list[int], bool]:
+                  run: RunDirectory, args: argparse.Namespace, description: str, passes: int,
+                  running: RunningMetric) -> tuple[list[int], bool]:
     """Run ``work(unit, bar)`` for this process's units not yet done, writing each one's records; returns this
     process's units and whether it stopped early (``--stop_after_batches``). The bar counts forward passes: at
-    most ``passes`` per unit, advanced by ``work`` as its attacks run (:mod:`.progress`)."""
+    most ``passes`` per unit, advanced by ``work`` as its attacks run (:mod:`.progress`); its postfix shows the
+    ``running`` metric."""
     mine = list(range(accelerator.process_index, len(names), accelerator.num_processes))
     todo = [u for u in mine if names[u] not in done]
     if len(todo) < len(mine):
         logger.info("resuming: %d of %d batches of this process already done", len(mine) - len(todo), len(mine))
-    running = Running()
     bar = tqdm(total=len(mine) * passes, initial=(len(mine) - len(todo)) * passes, desc=description,
                unit="pass", disable=not accelerator.is_local_main_process)
     with bar as progress:  # closed before an error is reported, so that the error is the last line
@@ -191,6 +175,7 @@ def run_evaluation(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     elsewhere, or when stopped early by ``--stop_after_batches``)."""
     started = time.time()
     check_args(args)
+    check_sharing(args)
     attacks = attack_configs(args)
     checked = check_task_model(spec, args.model_name_or_path, args)
     check_budgets(attacks, checked)
@@ -213,7 +198,8 @@ def run_evaluation(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
         return skipped + attack_batch(spec, objective, samples, attacks, run, args, examples, bar)
 
     passes = sum(attack_length(a) for a in attacks)
-    mine, stopped = process_units(accelerator, names, done, work, run, args, f"attacking {spec.task}", passes)
+    mine, stopped = process_units(accelerator, names, done, work, run, args, f"attacking {spec.task}", passes,
+                                  RunningMetric(spec, objective))
     if stopped:
         return None
     accelerator.wait_for_everyone()
@@ -238,13 +224,12 @@ def run_evaluation(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
         results["pictures"] = write_pictures(spec, objective, run, split_records(records)[0], attacks, computed,
                                              drawn)
         run.write_results(results)
-        logger.info("results in %s: %s", run.path, {k: _short(v) for k, v in computed.items()})
+        print(f"\n{metric_table(spec.task, computed)}\n\nresults in {run.path / RESULTS_FILE}, records in "
+              f"{run.path / RECORDS_FILE}, pictures in {run.path / 'pictures'}", flush=True)
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:  # after the barrier: the other processes need not wait for an export or push
+        share_results(spec, objective, dataset, run, args)
     return results
-
-
-def _short(metrics: dict) -> dict:
-    return {key: round(value, 4) for key, value in metrics.items()}
 
 
 def write_pictures(spec: TaskSpec, objective: Any, run: RunDirectory, by_k: dict[int, list[dict]], attacks: list,
