@@ -176,15 +176,25 @@ class SparseRS:
             if step == last:
                 out.write(rows, kept)
             elif (step + 1) % self.check_every == 0:
-                searching = int(kept.searching.sum())  # the one host sync of a look
-                if searching < len(rows):
-                    keep, done = _partition(kept.searching, searching)
-                    out.write(rows, kept, done)
-                    if not searching:
-                        return
-                    rows, targets = rows.index_select(0, keep), select(targets, keep)
-                    search.compact(keep)
-                    kept.compact(keep)
+                active = _look(rows, targets, search, kept, out)
+                if active is None:
+                    return
+                rows, targets = active
+
+
+def _look(rows: Tensor, targets: Any, search, kept: _Best, out: _Outcome) -> tuple[Tensor, Any] | None:
+    """Write out the samples that stopped searching and drop them from the batch (one host sync): the batch
+    positions and targets of the samples left, ``None`` when none is."""
+    searching = int(kept.searching.sum())
+    if searching == len(rows):
+        return rows, targets
+    keep, done = _partition(kept.searching, searching)
+    out.write(rows, kept, done)
+    if not searching:
+        return None
+    search.compact(keep)
+    kept.compact(keep)
+    return rows.index_select(0, keep), select(targets, keep)
 
 
 def _query(objective, candidate: Tensor, targets: Any) -> tuple[Tensor, Tensor, Tensor]:
@@ -209,7 +219,7 @@ class _Best:
     used, and whether the sample still searches (a sample that succeeded takes no later query into account)."""
 
     def __init__(self, x: Tensor, out: _Outcome, rows: Tensor) -> None:
-        self.image, self.success = x.clone(), torch.zeros(len(rows), dtype=torch.bool, device=x.device)
+        self.image, self.success = x, torch.zeros(len(rows), dtype=torch.bool, device=x.device)  # never in place
         self.loss, self.score = out.loss.index_select(0, rows), out.score.index_select(0, rows)
         self.groups = None if out.groups is None else out.groups.index_select(0, rows)
         self.used = out.iterations.index_select(0, rows)

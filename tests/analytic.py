@@ -56,6 +56,11 @@ def needing_exactly(model: LinearTwoClass, k: int, n: int, seed=0, structure_k=N
     return torch.cat(found)[:n]
 
 
+def class_zero_batch(model: LinearTwoClass, k: int, n: int, seed=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`needing_exactly` images and their label 0."""
+    return needing_exactly(model, k, n, seed=seed), torch.zeros(n, dtype=torch.long)
+
+
 def best_placements_gain(model: LinearTwoClass, x: torch.Tensor, kernel: torch.Tensor, k: int) -> torch.Tensor:
     """Exhaustive best gain of ``k`` overlapping placements (stride 1) of ``kernel``: the union counts once."""
     gains = model.gains(x)  # (B, H, W)

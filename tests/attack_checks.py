@@ -31,3 +31,22 @@ def assert_valid_result(result, x, k, kernel=None, stride=1):
         cover = F.pad(cover, (0, max(0, w - cover.shape[-1]), 0, max(0, h - cover.shape[-2])))[..., :h, :w]
         assert not (changed & (cover == 0)).any(), "changed pixels outside the kernel placements"
     return result
+
+
+def assert_batch_invariant(attack, model, x, y, ids):
+    """A sample's result depends on its id only: alone, in the batch or in a shuffled batch, the same image, loss
+    and iteration count."""
+    together = attack(model, x, y, ids=ids)
+    for i in range(x.shape[0]):
+        alone = attack(model, x[i : i + 1], y[i : i + 1], ids=[ids[i]])
+        assert torch.equal(alone.adversarial[0], together.adversarial[i])
+        assert alone.loss[0] == together.loss[i] and alone.iterations[0] == together.iterations[i]
+    shuffled = attack(model, x.flip(0), y.flip(0), ids=ids[::-1])
+    assert torch.equal(shuffled.adversarial.flip(0), together.adversarial)
+
+
+def assert_seeded(make_attack, model, x, y):
+    """``make_attack(seed)`` gives the same result for the same seed and another for another seed."""
+    a, b, c = (make_attack(seed)(model, x, y) for seed in (1, 1, 2))
+    assert torch.equal(a.adversarial, b.adversarial)
+    assert not torch.equal(a.adversarial, c.adversarial)

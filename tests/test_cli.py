@@ -1,7 +1,8 @@
-"""The ``hf-sparse-attack`` command: demo end to end (table = JSON, drops, index.html pictures, Chromium), ``attack``
-on a file and a folder (budget re-checked from the PNGs) with its task options and its report in the task's terms
-(class change; per-object scores re-measured from the PNGs; the fraction of pixels whose class changed; nothing to
-attack), one-line errors with exit code 2, ``--help`` of each subcommand."""
+"""The ``hf-sparse-attack`` command: demo end to end (table = JSON, drops, index.html grids at their natural size in
+Chromium, what adversarial and k mean), ``attack`` on a file and a folder (budget re-checked from the PNGs) with its
+task options and its report in the task's terms (class change; per-object scores re-measured from the PNGs; the
+fraction of pixels whose class changed; nothing to attack), one-line errors with exit code 2, ``--help`` of each
+subcommand."""
 
 from __future__ import annotations
 
@@ -67,12 +68,14 @@ def test_demo_prints_its_json_numbers_and_attacks_lower_them(demo):
         assert results["results"][0]["k"] == row["k"]
 
 
-def test_demo_index_shows_every_picture(demo):
+def test_demo_index_shows_the_grid_of_each_run(demo):
     root, _ = demo
     page = Images()
     page.feed((root / "index.html").read_text())
-    produced = {p.relative_to(root).as_posix() for p in (root / "runs").rglob("*.png")}
-    assert set(page.sources) == produced and len(produced) >= 3 * 3
+    rows = json.loads((root / "demo_results.json").read_text())["rows"]
+    assert page.sources == [p for row in rows for p in row["pictures"]] == [
+        f"runs/{task}/pictures/examples_k{k}.png" for task, k in (("classification", 10), ("detection", 40),
+                                                                  ("segmentation", 40))]
     for source in page.sources:
         assert not Path(source).is_absolute()
         with Image.open(root / source) as image:
@@ -392,3 +395,46 @@ def test_each_command_help_names_the_command_and_shows_the_defaults(command, cap
     expected = {"attack": ["(default: 100)", "(default: spgd)"], "transfer": ["(default: 100)", "(default: spgd)"],
                 "train": ["(default: sat)", "(default: 20)"], "demo": ["(default: 32)"]}  # --steps, --attack, --loss
     assert all(default in text for default in expected[command])
+
+
+def test_a_kernel_attack_reports_placements_and_the_pixels_they_changed(images, tmp_path, capsys):
+    argv = [str(images / "shape0.png"), "--model_name_or_path", str(model_path("classifier")), "--steps", "10",
+            "--k", "2", "--kernel", "square:3", "--stride", "3", "--output_dir", str(tmp_path / "out")]
+    summary, lines = run_attack(argv, capsys)
+    (result,) = summary["images"][0]["attacks"]
+    clean, adversarial = (pixels(tmp_path / "out" / "shape0.png" / name) for name in ("clean.png",
+                                                                                       "adversarial_k2.png"))
+    changed = int((clean != adversarial).any(axis=-1).sum())
+    assert result["pixels_changed"] == changed <= 9 * result["l0"] and result["l0"] <= 2
+    assert f"k=2, {result['l0']} placements, {changed} pixels changed: " in lines["shape0.png"]
+
+
+def test_demo_index_says_what_adversarial_and_k_mean_and_links_each_run(demo):
+    root, _ = demo
+    text = " ".join(re.sub(r"<[^>]+>", " ", (root / "index.html").read_text()).split())
+    for row in json.loads((root / "demo_results.json").read_text())["rows"]:
+        assert (f"Adversarial: the same image with at most k = {row['k']} of its pixels changed by the attack "
+                f"({row['attack']}), out of the 64 x 64 = 4096 pixels of the model's input ({row['k'] / 4096:.1%})"
+                in text)
+        assert f'<a href="{row["run"]}/">' in (root / "index.html").read_text()
+    assert "ground-truth boxes (dashed green)" in text and "the legend under the grid names the classes" in text
+
+
+def test_demo_grids_are_shown_at_their_natural_size_in_chromium(demo, tmp_path):
+    """Each grid is at most about 1300 pixels wide and shown unscaled in a 1400-pixel-wide window, so its text reads
+    as drawn (a figure shrunk to fit would not)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)")
+    root, _ = demo
+    probe = root / "probe_size.html"
+    probe.write_text((root / "index.html").read_text().replace(
+        "</body>", "<script>window.onload=()=>{document.title=[...document.images].map("
+                   "i=>i.naturalWidth>0&&i.width===i.naturalWidth?1:0).join('')}</script></body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}",
+             "--window-size=1400,3000", "--virtual-time-budget=5000", "--dump-dom"]
+    dom = subprocess.run([str(CHROMIUM), *flags, probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
+    assert re.search(r"<title>([01]*)</title>", dom).group(1) == "111"
+    for row in json.loads((root / "demo_results.json").read_text())["rows"]:
+        with Image.open(root / row["pictures"][0]) as grid:
+            assert 700 < grid.width <= 1340, (row["task"], grid.size)

@@ -81,29 +81,6 @@ def test_structured_with_stride_is_audited(model, kernel):
     assert result.groups.shape[-2:] == ((8 - kernel.shape[0]) // 2 + 1, (8 - kernel.shape[1]) // 2 + 1)
 
 
-def test_same_sample_same_result_whatever_the_batch(model):
-    x = needing_exactly(model, 4, 6, seed=11)
-    y = torch.zeros(6, dtype=torch.long)
-    attack = SparsePGD(k=3, steps=40, seed=5)  # k=3 < 4 needed: every sample runs all steps with restarts
-    together = attack(model, x, y, ids=list(range(10, 16)))
-    for i in range(6):
-        alone = attack(model, x[i : i + 1], y[i : i + 1], ids=[10 + i])
-        assert torch.equal(alone.adversarial[0], together.adversarial[i])
-        assert alone.loss[0] == together.loss[i]
-    shuffled = attack(model, x.flip(0), y, ids=list(range(15, 9, -1)))
-    assert torch.equal(shuffled.adversarial.flip(0), together.adversarial)
-
-
-def test_deterministic_and_seed_dependent(model):
-    x = needing_exactly(model, 4, 5, seed=3)  # clean class 0 and not fooled with k=2: the search runs throughout
-    y = torch.zeros(5, dtype=torch.long)
-    a = SparsePGD(k=2, steps=15, seed=1)(model, x, y)
-    b = SparsePGD(k=2, steps=15, seed=1)(model, x, y)
-    c = SparsePGD(k=2, steps=15, seed=2)(model, x, y)
-    assert torch.equal(a.adversarial, b.adversarial)
-    assert not torch.equal(a.adversarial, c.adversarial)
-
-
 def test_early_stop_leaves_succeeded_samples_unchanged(model):
     x = torch.cat([needing_exactly(model, 2, 4, seed=1), needing_exactly(model, 4, 4, seed=2)])
     y = torch.zeros(8, dtype=torch.long)

@@ -4,7 +4,8 @@
     python evaluation/benchmarks/bench_rs.py --quick    # a smoke run (under a minute)
 
 Table 1: time of one Sparse-RS query step on a batch of 300 digits divided by one forward pass of the CNN on the same
-batch (the floor of any black-box attack: one query costs one forward pass), both timed in the same run. Every
+batch (the floor of any black-box attack: one query costs one forward pass), both timed in the same run, and the host
+syncs per query step (counted on CPU as a GPU would pay them, :mod:`evaluation.benchmarks.host_syncs`). Every
 sample stays active (success is masked out), so the ratio is not flattered by early stopping. Table 2: robust
 accuracy for k = 1..4 at budgets of 1000 and 10000 queries (and, within each run, after 10, 100, 1000, ... queries),
 the median queries of the fooled samples and the queries per second. Table 3: Sparse-AutoAttack robust accuracy
@@ -14,11 +15,13 @@ after each stage, and its time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
 
 from hf_sparse_attack import Measurement, as_objective, kernels, measure
+from hf_sparse_attack.evaluation.benchmarks.host_syncs import HostSyncCounter
 from hf_sparse_attack.evaluation.testdata.digits import digits_split, train_digits_cnn
 from hf_sparse_attack.rs import SparseRS
 from hf_sparse_attack.saa import SparseAutoAttack
@@ -45,16 +48,28 @@ class TimedNeverSucceeds:
         return self.loss_success_score(x, targets).success
 
 
+def syncs_per_step(attack, model, x, y) -> float:
+    """Host syncs per query step: the difference between the counts of two budgets, so that the one-off syncs (the
+    checks of the inputs, the audit of the result) drop out."""
+    counts = []
+    for queries in (11, 31):
+        with HostSyncCounter() as syncs:
+            dataclasses.replace(attack, queries=queries)(TimedNeverSucceeds(as_objective(model, "margin")), x, y)
+        counts.append(syncs.count)
+    return (counts[1] - counts[0]) / 20
+
+
 def speed_table(model, x, y, args):
     print(f"\n## Cost of one Sparse-RS query step vs one forward pass (digits CNN, batch {len(y)}, "
           f"{torch.get_num_threads()} thread, {args.steps} queries per sample, fastest of {args.rounds} runs)\n")
     print("The forward pass (logits and margin loss of the batch) is timed inside the same run, query by query, so "
           "that the ratio holds on a machine shared with other work.\n")
-    print("| attack | forward (ms) | query step (ms) | ratio |")
-    print("|---|---:|---:|---:|")
+    print("| attack | forward (ms) | query step (ms) | ratio | host syncs per step |")
+    print("|---|---:|---:|---:|---:|")
     attacks = [(f"pixels, k={k}", SparseRS(k=k, queries=args.steps)) for k in (1, 4, 20)]
     attacks += [("2x2 kernel, stride 1, k=4", SparseRS(k=4, queries=args.steps, kernel=kernels.square(2))),
-                ("patch, k=16", SparseRS(k=16, queries=args.steps, mode="patch"))]
+                ("patch, k=16", SparseRS(k=16, queries=args.steps, mode="patch")),
+                ("pixels, k=4, check_every=8", SparseRS(k=4, queries=args.steps, check_every=8))]
     for name, attack in attacks:
         runs = []
         for _ in range(args.rounds):
@@ -64,7 +79,7 @@ def speed_table(model, x, y, args):
             runs.append((time.perf_counter() - start, objective.seconds))
         total, forward = min(runs)
         print(f"| {name} | {forward / args.steps * 1e3:.1f} | {total / args.steps * 1e3:.1f} | "
-              f"{total / forward:.2f} |", flush=True)
+              f"{total / forward:.2f} | {syncs_per_step(attack, model, x, y):.2f} |", flush=True)
 
 
 def strength_table(model, x, y, args):

@@ -199,6 +199,13 @@ def stack(items: list) -> tuple:
     return x, torch.cat(parts) if isinstance(parts[0], torch.Tensor) else [t for part in parts for t in part]
 
 
+def budget_used(entry: dict, attacks: list) -> str:
+    """``L0 5``, or with a kernel ``3 placements, 27 pixels changed``, for the console line."""
+    if next(a for a in attacks if a.k == entry["k"]).kernel is None:
+        return f"L0 {entry['l0']}"
+    return f"{entry['l0']} placements, {entry['pixels_changed']} pixels changed"
+
+
 def attack_images(objective, attacks: list, prepared: list, files: list[Path], args: argparse.Namespace, out: Path,
                   bar) -> list[dict]:
     """Attack the prepared images in batches of ``--per_device_batch_size``; their summary entries. An image's
@@ -249,7 +256,7 @@ def attack_images(objective, attacks: list, prepared: list, files: list[Path], a
                 })
         for i in todo:
             entry = entries[len(entries) - len(group) + i]
-            bar.write(f"{entry['file']}: " + "; ".join(f"k={a['k']}, L0 {a['l0']}: {a['report']}"
+            bar.write(f"{entry['file']}: " + "; ".join(f"k={a['k']}, {budget_used(a, attacks)}: {a['report']}"
                                                        for a in entry["attacks"]))
     return entries
 

@@ -140,10 +140,12 @@ def sample_fields(sample: Sample) -> dict:
 
 
 def attack_fields(result: Any, i: int) -> dict:
-    """The attack's per-sample record fields: success, l0, iterations, loss, score (and the cascade stage)."""
+    """The attack's per-sample record fields: success, l0 (pixels, or kernel placements with a kernel),
+    pixels_changed, iterations, loss, score (and the cascade stage)."""
     fields = {
         "success": bool(result.success[i]),
         "l0": int(result.l0[i]),
+        "pixels_changed": int(result.mask[i].sum()),
         "iterations": int(result.iterations[i]),
         "loss": float(result.loss[i]),
         "score": float(result.score[i]),

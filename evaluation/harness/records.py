@@ -50,7 +50,7 @@ RESULTS_FILE = "all_results.json"
 RECORDS_FILE = "records.jsonl"
 UNITS_DIR = "records"
 #: Everything a run writes: what ``--overwrite`` replaces (nothing else in the directory is touched).
-OUTPUTS = (RUN_FILE, RESULTS_FILE, RECORDS_FILE, UNITS_DIR, "pictures", "examples", "adversarial")
+OUTPUTS = (RUN_FILE, RESULTS_FILE, RECORDS_FILE, UNITS_DIR, "pictures", "examples", "adversarial", "model_card.md")
 MIN_FREE_BYTES = 16 * 2**20
 
 

@@ -16,7 +16,8 @@ from .device_flags import add_device_arguments
 from .task_flags import TASK_OPTION_FLAGS, add_task_arguments
 
 #: Flags that do not change any result: a run may be resumed with other values of them.
-RUNTIME_FLAGS = ("output_dir", "overwrite", "num_threads", "stop_after_batches", "debug", "device", "ddp_timeout")
+RUNTIME_FLAGS = ("output_dir", "overwrite", "num_threads", "stop_after_batches", "debug", "device", "ddp_timeout",
+                 "export_dataset", "push_to_hub", "push_model_card")
 
 
 def build_parser(task: str | None, description: str = "", transfer: bool = False) -> Parser:
@@ -69,6 +70,15 @@ def build_parser(task: str | None, description: str = "", transfer: bool = False
     run.add_argument("--num_threads", type=int, help=THREADS_HELP)
     run.add_argument("--stop_after_batches", type=int,
                      help="stop after N batches per process (a time-sliced job); rerun the command to continue")
+    if not transfer:
+        share = parser.add_argument_group("sharing (see hf_sparse_attack.evaluation.harness.export)")
+        share.add_argument("--export_dataset", metavar="DIR", help="write the adversarial examples as a datasets "
+                           "dataset (save_to_disk; one split k<K> per budget, model-frame images; implies "
+                           "--save_adversarial); output_dir/model_card.md is written in any case")
+        share.add_argument("--push_to_hub", metavar="REPO_ID", help="push the --export_dataset dataset to this Hub "
+                           "dataset repository (checked before the attack: online, logged in)")
+        share.add_argument("--push_model_card", metavar="REPO_ID", help="open a pull request on this Hub model "
+                           "repository adding the results to its model card's model-index (never overwrites it)")
     add_device_arguments(parser.add_argument_group("device and precision"))
     return parser
 
