@@ -1,5 +1,7 @@
-"""Robustness of a DETR-family detector to sparse attacks: COCO mAP, mAP@50 and mAP@75 on clean and adversarial
-images and the drop, per budget k (pycocotools COCOeval: exactly COCO's numbers).
+"""Robustness of a DETR-family detector to sparse attacks: the twelve COCO statistics (mAP, mAP@50, mAP@75, by
+size, and the recalls) on clean and adversarial images and the drop, per budget k (pycocotools COCOeval on the
+dataset's own annotations: exactly COCO's numbers; boxes reaching outside the image are fitted to it only as the
+attack's targets).
 
     python evaluation/eval_detection.py --model_name_or_path facebook/detr-resnet-50 \\
         --coco_annotation_file annotations/instances_val2017.json --coco_image_dir val2017 \\

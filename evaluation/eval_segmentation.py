@@ -6,8 +6,8 @@ clean and adversarial images and the drop, per budget k.
         --attack spgd --k 200 --steps 100 --adv_threshold 0.9 --output_dir runs/segformer
     accelerate launch evaluation/eval_segmentation.py ...same flags...
 
-Metrics are computed on the original image size (predictions resized back by nearest neighbour) against the
-dataset's label maps, with the processor's label reduction (``do_reduce_labels``) applied and 255 ignored. Records:
+Metrics are computed on the original image size (the logits resized bilinearly to it, then the argmax: what
+``post_process_semantic_segmentation(target_sizes=...)`` gives) against the dataset's label maps, with the processor's label reduction (``do_reduce_labels``) applied and 255 ignored. Records:
 ``id``, ``k``, ``success``, ``l0``, ``iterations``, ``loss``, per-image ``pixel_accuracy_clean`` and
 ``pixel_accuracy_adversarial``, and ``counts``: ``[label, clean prediction, adversarial prediction, pixels]``
 rows, the joint confusion counts from which every metric is computed.

@@ -2,7 +2,8 @@
 
 The model's ``logits (B, C, h, w)`` are upsampled bilinearly to the label map's size (the input resolution).
 Targets are label maps ``LongTensor (B, H, W)`` at the input resolution, ``ignore_index`` (255) marking unlabelled
-pixels.
+pixels. Predictions for the metrics are taken at each image's original size as transformers'
+``post_process_semantic_segmentation(outputs, target_sizes)`` takes them (:meth:`SegmentationObjective.predict`).
 
 - Untargeted (default): success when the fraction of labelled pixels predicted wrong is ``>= adv_threshold``;
   the score (what the attacks keep the best of) is that fraction, the per-image share of what mIoU counts.
@@ -37,7 +38,7 @@ A sample without labelled pixels has loss 0 and is vacuously successful.
 >>> x, targets = objective.prepare(image, labels)
 >>> tuple(x.shape), tuple(targets.shape), objective.loss(x, targets), objective.success(x, targets)
 ((1, 3, 32, 32), (1, 32, 32), tensor([0.]), tensor([True]))
->>> [tuple(m.shape) for m in objective.to_original(objective.predict(x), [(48, 40)])]
+>>> [tuple(m.shape) for m in objective.predict(x, [(48, 40)])]
 [(48, 40)]
 """
 
@@ -99,10 +100,24 @@ class SegmentationObjective(TaskObjective):
         fraction = done.flatten(1).sum(1) / count
         return Measurement(loss, (fraction >= self.options.adv_threshold) | ~labelled.flatten(1).any(1), fraction)
 
-    def predict(self, x: Tensor) -> Tensor:
-        """``LongTensor (B, H, W)`` label maps at the input resolution."""
+    def predict(self, x: Tensor, original_sizes: Sequence | None = None) -> Tensor | list[Tensor]:
+        """``LongTensor (B, H, W)`` label maps at the input resolution; with ``original_sizes`` (one
+        ``(height, width)`` per image), a list of label maps at those sizes.
+
+        Either is the argmax of the model's logits resized bilinearly (``align_corners=False``) to the size, as
+        transformers' ``processor.post_process_semantic_segmentation(outputs, target_sizes)`` computes it (and
+        mmsegmentation): at the original size the logits are resized from the model's output straight to it, not
+        through the input resolution, and never a label map resized.
+        """
         with torch.no_grad():
-            return self.logits(x).argmax(1)
+            if original_sizes is None:
+                return self.logits(x).argmax(1)
+            logits = self.model(pixel_values=self.normalize(x)).logits.float()
+            return [
+                F.interpolate(m[None], size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[0]
+                .argmax(0)
+                for m, size in zip(logits, original_sizes, strict=True)
+            ]
 
     def clean_targets(self, x: Tensor) -> Tensor:
         """The clean label maps (every pixel labelled)."""
@@ -114,7 +129,9 @@ class SegmentationObjective(TaskObjective):
         ``annotations``: one label map per image at the image's size, a PIL image (mode ``L`` or ``P``) or an
         ``(H, W)`` integer array with values < 256, resized by the processor (nearest neighbour, and its
         ``do_reduce_labels`` if set). Without annotations the targets are the clean label maps (untargeted only).
-        The processor should resize without cropping (as SegFormer's does) for :meth:`to_original` to invert it.
+        The processor should resize without cropping or padding (as SegFormer's does): :meth:`predict` at the
+        original size, like transformers' post-processing, and :meth:`to_original` stretch the whole input frame
+        over the original image.
         """
         images = image_list(images)
         if annotations is None:
@@ -135,7 +152,9 @@ class SegmentationObjective(TaskObjective):
         return batch["pixel_values"].to(self.device), labels
 
     def to_original(self, predictions: Tensor | Sequence[Tensor], original_sizes: Sequence) -> list[Tensor]:
-        """Label maps resized to ``original_sizes[i] = (height, width)`` by nearest neighbour, as a list."""
+        """Label maps (e.g. targets) resized to ``original_sizes[i] = (height, width)`` by nearest neighbour, as a
+        list. For predictions at the original size take :meth:`predict` with ``original_sizes``, which resizes the
+        logits as transformers' post-processing does."""
         return [
             F.interpolate(m[None, None].float(), size=tuple(int(s) for s in size), mode="nearest-exact")[0, 0].long()
             for m, size in zip(predictions, original_sizes, strict=True)

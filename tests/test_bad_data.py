@@ -1,6 +1,7 @@
 """Bad data through the evaluation scripts: a dataset that cannot be used is one error line (exit code 2) and
 nothing written; a bad sample is skipped, counted and reported with its reason in ``all_results.json``; a box
-reaching outside its image is clipped (or dropped) and the change reported — never a silent wrong number.
+reaching outside its image is clipped (or dropped) for the attack's targets and the change reported, while mAP
+scores the dataset's boxes as given (as COCOeval would) — never a silent wrong number.
 
 The models are the embedded ones (loaded by path, as a Hub name would be); the datasets are written here.
 """
@@ -9,7 +10,6 @@ import json
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
@@ -159,7 +159,7 @@ def test_segmentation_bad_label_maps_are_skipped_and_reported(tmp_path, capsys):
     assert_scored_within_budget(tmp_path / "out", results, [0, 2])
 
 
-def test_detection_boxes_are_clipped_or_dropped_and_bad_samples_skipped(tmp_path, capsys):
+def test_detection_boxes_are_fitted_for_the_attack_scored_as_given_and_bad_samples_skipped(tmp_path, capsys):
     scenes = [shapes_sample(0, i) for i in range(8)]
     inside = [[10.0, 12.0, 20.0, 16.0]]
     rows = [
@@ -188,13 +188,11 @@ def test_detection_boxes_are_clipped_or_dropped_and_bad_samples_skipped(tmp_path
     }
     assert results["samples"] == {"total": 8, "evaluated": 5, "skipped": 3, "annotation_changed": 3}
     assert_scored_within_budget(out, results, [0, 1, 2, 3, 7])
-    truth = {r["id"]: r["ground_truth"] for r in records(out) if "skipped" not in r}
-    assert truth[1]["boxes"] == [[50.0, 0.0, 14.0, 14.0]] and truth[1]["area"] == [196.0]
-    assert truth[2]["boxes"] == inside and truth[2]["labels"] == [0]
-    assert truth[3]["boxes"] == inside and truth[3]["labels"] == [1]
-    assert truth[7]["boxes"] == []
-    for boxes in (t["boxes"] for t in truth.values()):  # mAP is scored on boxes inside the image only
-        assert all(0 <= x and 0 <= y and x + w <= 64 and y + h <= 64 and w > 0 and h > 0 for x, y, w, h in boxes)
+    truth = {r["id"]: r["ground_truth"] for r in records(out) if "skipped" not in r}  # what mAP scores: as given
+    assert truth[1]["boxes"] == [[50.0, -6.0, 30.0, 20.0]] and truth[1]["area"] == [600.0]
+    assert truth[2]["boxes"] == [[70.0, 10.0, 8.0, 8.0], *inside] and truth[2]["labels"] == [2, 0]
+    assert truth[3]["boxes"] == [[5.0, 5.0, 0.0, 9.0], *inside] and truth[3]["labels"] == [0, 1]
+    assert truth[0]["boxes"] == inside and truth[7]["boxes"] == []
 
 
 def test_coco_bad_files_and_annotations_are_skipped_and_reported(tmp_path, capsys):
@@ -228,18 +226,22 @@ def test_coco_bad_files_and_annotations_are_skipped_and_reported(tmp_path, capsy
     assert [entry["id"] for entry in results["annotation_changes"]] == [2]
     assert_scored_within_budget(out, results, [1, 2])
     truth = {r["id"]: r["ground_truth"]["boxes"] for r in records(out) if "skipped" not in r}
-    assert truth[2] == [[40.0, 40.0, 24.0, 24.0]]
+    assert truth[2] == [[40.0, 40.0, 40.0, 40.0]]  # scored as in the file; the attack aims at the clipped box
+    assert results["annotation_changes"][0]["changes"] == [
+        "box 0 [40.0, 40.0, 40.0, 40.0] clipped to the 64x64 image: [40.0, 40.0, 24.0, 24.0]"]
 
 
 @pytest.mark.parametrize("bbox_format", ["xywh", "xyxy"])
 def test_clipping_is_in_the_dataset_frame(tmp_path, capsys, bbox_format):
-    """The same box in either format gives the same clipped truth."""
+    """The same box in either format gives the same truth (as given) and the same clipping for the attack."""
     box = [60.0, 60.0, 10.0, 10.0] if bbox_format == "xywh" else [60.0, 60.0, 70.0, 70.0]
     data = save(tmp_path / "data", {"image": [shapes_sample(0, 0).image], "objects": [{"bbox": [box],
                                                                                        "category": [0]}]},
                 {"image": IMAGE, "objects": OBJECTS})
     out = tmp_path / "out"
     results, _ = evaluated_with_skips("detection", data, out, capsys, "--bbox_format", bbox_format)
-    assert records(out)[0]["ground_truth"]["boxes"] == [[60.0, 60.0, 4.0, 4.0]]
+    assert records(out)[0]["ground_truth"]["boxes"] == [[60.0, 60.0, 10.0, 10.0]]
     assert Path(out / "all_results.json").exists() and results["samples"]["annotation_changed"] == 1
-    assert np.isclose(records(out)[0]["ground_truth"]["area"][0], 16.0)
+    assert results["annotation_changes"][0]["changes"] == [
+        "box 0 [60.0, 60.0, 10.0, 10.0] clipped to the 64x64 image: [60.0, 60.0, 4.0, 4.0]"]
+    assert records(out)[0]["ground_truth"]["area"] == [100.0]

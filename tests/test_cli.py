@@ -82,20 +82,25 @@ def test_demo_index_shows_the_grid_of_each_run(demo):
             image.load()  # decodes
 
 
+def image_checks(root: Path, check: str, tmp_path: Path, *flags: str) -> str:
+    """Open ``root/index.html`` in headless Chromium; ``"1"`` or ``"0"`` per ``<img>`` for the JavaScript condition
+    ``check`` on the image ``i`` (written into the title, which ``--dump-dom`` shows)."""
+    probe = root / "probe.html"
+    probe.write_text((root / "index.html").read_text().replace(
+        "</body>", "<script>window.onload=()=>{document.title=[...document.images].map("
+                   f"i=>{check}?1:0).join('')}}</script></body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}",
+             "--virtual-time-budget=5000", "--dump-dom", *flags]
+    dom = subprocess.run([str(CHROMIUM), *flags, probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
+    return re.search(r"<title>([01]*)</title>", dom).group(1)
+
+
 def test_demo_index_loads_in_chromium(demo, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium); the pictures are checked with PIL")
     root, _ = demo
-    # each <img> reports whether it decoded (naturalWidth > 0) into the title, which --dump-dom then shows
-    probe = root / "probe.html"
-    probe.write_text((root / "index.html").read_text().replace(
-        "</body>", "<script>window.onload=()=>{document.title=[...document.images].map("
-                   "i=>i.complete&&i.naturalWidth>0?1:0).join('')}</script></body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}",
-             "--virtual-time-budget=5000", "--dump-dom"]
-    dom = subprocess.run([str(CHROMIUM), *flags, probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
-    loaded = re.search(r"<title>([01]*)</title>", dom).group(1)
+    loaded = image_checks(root, "i.complete&&i.naturalWidth>0", tmp_path)  # each <img> decoded
     assert loaded and set(loaded) == {"1"}, loaded
 
 
@@ -426,15 +431,8 @@ def test_demo_grids_are_shown_at_their_natural_size_in_chromium(demo, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)")
     root, _ = demo
-    probe = root / "probe_size.html"
-    probe.write_text((root / "index.html").read_text().replace(
-        "</body>", "<script>window.onload=()=>{document.title=[...document.images].map("
-                   "i=>i.naturalWidth>0&&i.width===i.naturalWidth?1:0).join('')}</script></body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}",
-             "--window-size=1400,3000", "--virtual-time-budget=5000", "--dump-dom"]
-    dom = subprocess.run([str(CHROMIUM), *flags, probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
-    assert re.search(r"<title>([01]*)</title>", dom).group(1) == "111"
+    assert image_checks(root, "i.naturalWidth>0&&i.width===i.naturalWidth", tmp_path, "--window-size=1400,3000") \
+        == "111"
     for row in json.loads((root / "demo_results.json").read_text())["rows"]:
         with Image.open(root / row["pictures"][0]) as grid:
             assert 700 < grid.width <= 1340, (row["task"], grid.size)

@@ -84,7 +84,8 @@ def test_save_to_disk_dataset_and_dict(tmp_path):
 
 def test_list_of_objects_and_xyxy_boxes():
     rows = datasets.Dataset.from_list([
-        {"image": pil(0), "objects": [{"box": [1.0, 2.0, 4.0, 6.0], "cat": 1}, {"box": [0.0, 0.0, 2.0, 2.0], "cat": 0}]},
+        {"image": pil(0),
+         "objects": [{"box": [1.0, 2.0, 4.0, 6.0], "cat": 1}, {"box": [0.0, 0.0, 2.0, 2.0], "cat": 0}]},
         {"image": pil(1), "objects": []},
     ])
     data = HFDataset(rows, "detection", Columns(bbox="box", category="cat", bbox_format="xyxy"))

@@ -20,10 +20,10 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from script_runs import records, run_main
 from tiny_models import photo_crops, tiny_conditional_detr, tiny_resnet, tiny_segformer, tiny_vit
 
 from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation, eval_transfer
@@ -38,17 +38,7 @@ SCRIPTS = {"classification": eval_classification, "detection": eval_detection,
 
 def run(script, output_dir, args):
     """Run a script's ``main`` in this process; the parsed ``all_results.json`` (``None`` if not written)."""
-    try:
-        SCRIPTS[script].main([*map(str, args), "--output_dir", str(output_dir)])
-    finally:  # leave no accelerate state behind for other tests
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    path = Path(output_dir) / "all_results.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def records(output_dir):
-    return [json.loads(line) for line in (Path(output_dir) / "records.jsonl").read_text().splitlines()]
+    return run_main(SCRIPTS[script].main, args, output_dir)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +86,7 @@ def arguments(root, models):
     # segmentation: the segmenter's own maps at the original size, a band of unlabelled pixels (255)
     segmenter = load_task(models["segformer"])
     scenes = photo_crops(3, 64, 72, seed=2)
-    maps = segmenter.to_original(segmenter.predict(segmenter.prepare(scenes)[0]), [(64, 72)] * 3)
+    maps = segmenter.predict(segmenter.prepare(scenes)[0], [(64, 72)] * 3)  # at the original size, as HF does
     label_maps = [m.numpy().astype(np.uint8) for m in maps]
     for m in label_maps:
         m[:6] = 255
@@ -105,16 +95,18 @@ def arguments(root, models):
         features=datasets.Features({"image": datasets.Image(), "label": datasets.Image()}),
     )}).save_to_disk(root / "segmentation")
 
-    attack = ["--k", "1", "2", "--steps", "8", "--per_device_eval_batch_size", "3"]
+    # one thread: the 2-process run gets one per process, and the records must match to the last bit
+    attack = ["--k", "1", "2", "--steps", "8", "--per_device_eval_batch_size", "3", "--num_threads", "1"]
     return {
         "classification": ["--model_name_or_path", models["vit"], "--dataset_name", root / "classification", *attack,
                            "--num_pictures", "2", "--save_adversarial"],
         "detection": ["--model_name_or_path", models["detr"], "--coco_annotation_file", root / "coco.json",
                       "--coco_image_dir", root / "coco", "--k", "6", "--steps", "6", "--score_threshold", "0.4",
-                      "--per_device_eval_batch_size", "4", "--num_pictures", "2"],  # one batch: a process idles
+                      "--per_device_eval_batch_size", "4", "--num_pictures", "2", "--num_threads", "1"],  # one batch:
+                      # a process idles
         "segmentation": ["--model_name_or_path", models["segformer"], "--dataset_name", root / "segmentation",
                          "--k", "4", "12", "--steps", "6", "--adv_threshold", "0.5", "--per_device_eval_batch_size", "2",
-                         "--num_pictures", "2"],
+                         "--num_pictures", "2", "--num_threads", "1"],
         "transfer": ["--model_name_or_path", models["vit"], models["resnet"], "--dataset_name",
                      root / "classification", *attack],
     }

@@ -14,9 +14,9 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from huggingface_hub import ModelCard
 from PIL import Image
+from script_runs import records, run_main
 
 from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
 from hf_sparse_attack.evaluation.command.demo import write_dataset
@@ -32,19 +32,9 @@ MODELS = {"classification": "classifier", "detection": "detector", "segmentation
 
 def run(task, data, out, *flags, model=None):
     """Run the task's script in this process; the parsed ``all_results.json`` (``None`` if not written)."""
-    argv = ["--model_name_or_path", str(model or model_path(MODELS[task])), "--dataset_name", str(data),
-            "--output_dir", str(out), "--per_device_eval_batch_size", "2", "--num_pictures", "2", *map(str, flags)]
-    try:
-        SCRIPTS[task].main(argv)
-    finally:  # leave no accelerate state behind for other tests
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    path = Path(out) / "all_results.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def records(out):
-    return [json.loads(line) for line in (Path(out) / "records.jsonl").read_text().splitlines()]
+    argv = ["--model_name_or_path", model or model_path(MODELS[task]), "--dataset_name", data,
+            "--per_device_eval_batch_size", "2", "--num_pictures", "2", *flags]
+    return run_main(SCRIPTS[task].main, argv, out)
 
 
 def pixels(image):

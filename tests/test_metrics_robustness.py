@@ -11,6 +11,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from hf_sparse_attack.evaluation.harness.metrics import (
+    COCO_ALIASES,
+    COCO_STATS,
     ClassificationRobustness,
     DetectionRobustness,
     SegmentationRobustness,
@@ -35,7 +37,7 @@ def test_classification_against_hand_counts(seed):
     correct = (clean == labels).numpy()
     fooled = correct & (adversarial != labels).numpy()
     assert result["clean_accuracy"] == pytest.approx(correct.mean())
-    assert result["robust_accuracy"] == pytest.approx((adversarial == labels).float().mean().item())
+    assert result["robust_accuracy"] == pytest.approx((correct & (adversarial == labels).numpy()).mean())  # AutoAttack
     assert result["attack_success_rate"] == pytest.approx(fooled.sum() / correct.sum())
     assert result["mean_l0"] == pytest.approx(l0.numpy()[fooled].mean())
     assert result["median_l0"] == pytest.approx(np.median(l0.numpy()[fooled]))
@@ -93,7 +95,7 @@ def cocoeval_directly(ids, truth, detections):
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    return evaluation.stats[:3].tolist()
+    return [s if s >= 0 else math.nan for s in evaluation.stats.tolist()]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -104,8 +106,10 @@ def test_detection_map_is_cocoeval_exactly(seed):
     metric.update(ids[:3], truth[:3], clean[:3], adversarial[:3])
     result = metric.compute()
     for version, detections in (("clean", clean), ("adversarial", adversarial)):
-        reference = cocoeval_directly(ids, truth, detections)
-        assert [result[f"{key}_{version}"] for key in ("map", "map50", "map75")] == reference
+        reference = cocoeval_directly(ids, truth, detections)  # all twelve statistics
+        assert np.array_equal([result[f"{key}_{version}"] for key in COCO_STATS], reference, equal_nan=True)
+        for alias, key in COCO_ALIASES.items():
+            assert result[f"{alias}_{version}"] == result[f"{key}_{version}"]
     assert result["map_drop"] == result["map_clean"] - result["map_adversarial"]
     assert result["images"] == 5.0
 
@@ -114,7 +118,9 @@ def test_detection_without_ground_truth_is_nan():
     metric = DetectionRobustness()
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "scores": torch.zeros(0)}
     metric.update([1], [empty], [empty], [empty])
-    assert math.isnan(metric.compute()["map_clean"])
+    result = metric.compute()
+    assert all(math.isnan(result[f"{key}_{version}"]) for key in (*COCO_STATS, *COCO_ALIASES)
+               for version in ("clean", "adversarial", "drop"))
 
 
 def confusion_reference(predictions, target, num_classes, ignore_index=255):

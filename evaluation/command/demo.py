@@ -10,7 +10,7 @@ with Sparse-PGD at the task's default budget k, and reads the numbers back from 
 It prints a table of clean against adversarial accuracy / mAP@50 / mIoU and writes into the output folder:
 
     demo_results.json   the table's numbers
-    index.html          every picture of the runs, with captions (open it in a browser)
+    index.html          the example grids of the runs, with captions (open it in a browser)
     data/<task>/        the generated datasets
     runs/<task>/        each evaluation's output folder (all_results.json, records, pictures, examples)
 """
@@ -29,7 +29,13 @@ from types import ModuleType
 
 from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
 from hf_sparse_attack.evaluation.embedded import model_path
-from hf_sparse_attack.evaluation.harness.command_line import Parser, UsageError, run_script
+from hf_sparse_attack.evaluation.harness.command_line import (
+    THREADS_HELP,
+    Parser,
+    UsageError,
+    default_threads,
+    run_script,
+)
 
 RESULTS = "demo_results.json"
 INDEX = "index.html"
@@ -136,42 +142,75 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def caption(path: Path) -> str:
-    """What a picture of a run shows, from its name (``examples/3_k10.png``, ``pictures/examples_k10.png``)."""
-    stem = path.stem
-    if path.parent.name == "pictures":
-        return f"clean vs adversarial examples at k={stem.rsplit('_k', 1)[1]}" if "_k" in stem else stem
-    if "_k" in stem:
-        sample, k = stem.rsplit("_k", 1)
-        return f"sample {sample}: adversarial image (k={k})"
-    return f"sample {stem}: clean image"
+#: What the columns of each task's example grid show.
+GRID_COLUMNS = {
+    "classification": "the clean image with the class the model predicts (and the true label), the adversarial "
+                      "image with the class it predicts now, and the perturbed pixels (black)",
+    "detection": "the clean image with its ground-truth boxes (dashed green) and the model's detections from the "
+                 "score in the title (red), the adversarial image likewise with the verdict, and the perturbed pixels "
+                 "(black). The verdict counts an object as still detected the way mAP does: a detection of its class "
+                 "overlapping it enough, at any score mAP ranks, however low that score is to draw",
+    "segmentation": "the clean image, its ground-truth map, the clean prediction, the adversarial image, its "
+                    "prediction (with the share of the labelled pixels whose class changed) and the perturbed pixels "
+                    "(black); the legend under the grid names the classes of the colours",
+}
+
+
+def caption(path: Path, task: str) -> str:
+    """What a run's grid of examples ``pictures/examples_k<k>.png`` of ``task`` shows.
+
+    >>> caption(Path("runs/classification/pictures/examples_k10.png"), "classification")[:49]
+    'Examples at k=10, one per row: the clean image wi'
+    """
+    return f"Examples at k={path.stem.rsplit('_k', 1)[1]}, one per row: {GRID_COLUMNS[task]}."
+
+
+def input_size(run: Path) -> tuple[int, int]:
+    """``(height, width)`` of the model's input: that of the run's first clean example (``examples/<id>.png``)."""
+    from PIL import Image
+
+    first = min((p for p in (run / "examples").glob("*.png") if "_k" not in p.stem), key=lambda p: int(p.stem))
+    with Image.open(first) as image:
+        return image.height, image.width
+
+
+def section(root: Path, row: dict) -> str:
+    """A task's part of ``index.html``: what adversarial and k mean here, its grids, and a link to its run."""
+    height, width = input_size(root / row["run"])
+    pixels = height * width
+    words = (f"Adversarial: the same image with at most k = {row['k']} of its pixels changed by the attack "
+             f"({html.escape(row['attack'])}), out of the {height} x {width} = {pixels} pixels of the model's input "
+             f"({row['k'] / pixels:.1%}); a changed pixel may change in every colour channel, by any amount. Clean "
+             f"{row['metric']} {row['clean']:.3f}, adversarial {row['metric']} {row['adversarial']:.3f}, over "
+             f"{row['samples']} images.")
+    figures = "".join(
+        f'<figure><img src="{html.escape(p)}" alt="{html.escape(caption(Path(p), row["task"]))}">'
+        f"<figcaption>{html.escape(caption(Path(p), row['task']))}</figcaption></figure>" for p in row["pictures"])
+    link = html.escape(row["run"] + "/")
+    return (f"<h2>{row['task']}: {row['model']}, {html.escape(row['attack'])}, k={row['k']}</h2><p>{words}</p>"
+            f'{figures}<p>Every file of the run (results, records, each example\'s clean and adversarial PNG at the '
+            f'model\'s resolution in <code>examples/</code>): <a href="{link}">{link}</a></p>')
 
 
 def write_index(root: Path, rows: Sequence[dict]) -> None:
-    """``index.html``: the table, then every PNG under ``runs/`` of each task, with captions (relative paths)."""
+    """``index.html``: the table, then per task a sentence on its budget, its example grids (each shown at its
+    natural size, so that its text reads as drawn) with captions, and a link to the run's folder (relative paths)."""
     from hf_sparse_attack.evaluation.harness.records import atomic_write
 
     cells = "".join(
         f"<tr><td>{r['task']}</td><td>{r['model']}</td><td>{r['samples']}</td><td>{r['metric']}</td>"
         f"<td>{r['clean']:.3f}</td><td>{r['adversarial']:.3f}</td><td>{r['k']}</td><td>{r['time_seconds']}</td></tr>"
         for r in rows)
-    sections = []
-    for row in rows:
-        run = root / row["run"]
-        pictures = sorted(run.rglob("*.png"), key=lambda p: (p.parent.name != "pictures", str(p)))
-        figures = "".join(
-            f'<figure><img src="{html.escape(p.relative_to(root).as_posix())}" alt="{html.escape(caption(p))}">'
-            f"<figcaption>{html.escape(caption(p))}</figcaption></figure>" for p in pictures)
-        sections.append(f"<h2>{row['task']}: {row['model']}, {row['attack']}, k={row['k']}</h2>{figures}")
     page = (
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>hf-sparse-attack demo</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #999;"
-        "padding:4px 8px}figure{display:inline-block;margin:6px;vertical-align:top}"
-        "figure img{max-width:720px;image-rendering:pixelated}figcaption{font-size:small}</style></head><body>"
-        "<h1>hf-sparse-attack demo</h1><p>Embedded models on generated held-out shapes, clean against "
-        "Sparse-PGD adversarial images with a budget of k pixels.</p><table><tr><th>task</th><th>model</th>"
-        "<th>samples</th><th>metric</th><th>clean</th><th>adversarial</th><th>k</th><th>time (s)</th></tr>"
-        f"{cells}</table>{''.join(sections)}</body></html>\n")
+        "body{font-family:sans-serif;margin:1.5em;line-height:1.4}p,figcaption{max-width:60em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px 8px}figure{margin:1em 0}"
+        "figure img{display:block;max-width:100%;height:auto}figcaption{margin-top:.4em}</style></head><body>"
+        "<h1>hf-sparse-attack demo</h1><p>The embedded models (small, trained on generated shapes) on generated "
+        "held-out images. Clean: the image as the model's processor prepares it. Adversarial: the same image after "
+        "Sparse-PGD changed at most k of its pixels, to make the model fail; the metric is measured on both.</p>"
+        "<table><tr><th>task</th><th>model</th><th>samples</th><th>metric</th><th>clean</th><th>adversarial</th>"
+        f"<th>k</th><th>time (s)</th></tr>{cells}</table>{''.join(section(root, row) for row in rows)}</body></html>\n")
     atomic_write(root / INDEX, page)
 
 
@@ -182,6 +221,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     if not 1 <= args.samples <= MAX_SAMPLES:
         raise UsageError(f"--samples must be an integer in [1, {MAX_SAMPLES}], got {args.samples} (the demo is a "
                          "showcase; evaluate larger sets with hf-sparse-attack eval)")
+    args.num_threads = args.num_threads or default_threads()
     if args.num_threads < 1:
         raise UsageError(f"--num_threads must be a positive integer, got {args.num_threads}")
     root = Path(args.output_dir)
@@ -204,15 +244,14 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 def build_parser() -> Parser:
     """The demo's flags."""
-    parser = Parser(prog="hf-sparse-attack demo", description=__doc__,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="hf-sparse-attack demo", description=__doc__)
     parser.add_argument("--output_dir", default="./hf-sparse-attack-demo", help="where everything is written "
                         "(default ./hf-sparse-attack-demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     parser.add_argument("--samples", type=int, default=32,
-                        help=f"generated images per task, 1 to {MAX_SAMPLES} (default 32)")
-    parser.add_argument("--num_threads", type=int, default=2, help="torch CPU threads (default 2)")
+                        help=f"generated images per task, 1 to {MAX_SAMPLES}")
+    parser.add_argument("--num_threads", type=int, help=THREADS_HELP)
     return parser
 
 

@@ -47,6 +47,7 @@ from .batch import (
 from .data import DataError, EvalDataset, Sample
 from .device_flags import autocast
 from .export import check_sharing, share_results
+from .metrics import CONVENTIONS
 from .pictures import save_curve, save_grid
 from .processes import check_shared_dir, compute_all, metric_group, setup, start_logging
 from .progress import attack_length
@@ -217,6 +218,7 @@ def run_evaluation(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
             "task": spec.task,
             "model_name_or_path": args.model_name_or_path,
             "task_options": dataclasses.asdict(objective.options),
+            "conventions": CONVENTIONS[spec.task],
             "results": [{"k": a.k, "attack": to_dict(a), "metrics": computed[a.k]} for a in attacks],
             **summary(dataset, args, records, run, len(done), started, accelerator),
         }

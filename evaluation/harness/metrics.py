@@ -1,13 +1,17 @@
 """Robustness metrics as torchmetrics ``Metric`` s: states declared in ``__init__``, synced across processes.
 
-- :class:`ClassificationRobustness`: clean accuracy, robust accuracy, attack success rate (fooled among the samples
-  classified correctly), mean and median L0 of the successful examples.
-- :class:`DetectionRobustness`: COCO mAP, mAP@50 and mAP@75 on clean and adversarial images and their drop,
-  computed by pycocotools' ``COCOeval`` on the states gathered from every process (torchmetrics' own
-  ``MeanAveragePrecision`` needs torchvision), so the numbers are exactly COCO's.
+- :class:`ClassificationRobustness`: clean accuracy, robust accuracy (AutoAttack's convention: correct on the clean
+  *and* on the adversarial image), attack success rate (fooled among the samples classified correctly), mean and
+  median L0 of the successful examples.
+- :class:`DetectionRobustness`: the twelve COCO statistics (AP, AP50, AP75, AP and AR by object size, AR at 1, 10 and
+  100 detections) on clean and adversarial images and their drop, computed by pycocotools' ``COCOeval`` on the
+  states gathered from every process (torchmetrics' own ``MeanAveragePrecision`` needs torchvision), so the
+  numbers are exactly COCO's.
 - :class:`SegmentationRobustness`: mIoU (``MulticlassJaccardIndex(ignore_index=255)``) and pixel accuracy, clean and
   adversarial, and their drop.
 - :class:`TransferMatrix`: one such metric per (source model, target model) cell and the matrix of one value.
+
+:data:`CONVENTIONS` says in words, per task, what each number counts (for ``all_results.json``).
 
 ``compute()`` returns a dict of Python floats, ``nan`` where a value is undefined (a success rate with no
 correctly classified sample, a mean over nothing, mAP without ground truth). Functional twins compute the same
@@ -61,12 +65,49 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 
 
+#: What the numbers of each task count, in words, for ``all_results.json`` (``"conventions"``).
+CONVENTIONS: dict[str, dict[str, str]] = {
+    "classification": {
+        "robust_accuracy": "correct on the clean and on the adversarial image (AutoAttack); a sample misclassified "
+                           "on its clean image is never robust",
+        "attack_success_rate": "fooled (correct on the clean image, wrong on the adversarial one) among the samples "
+                               "classified correctly on the clean image: 1 - robust_accuracy / clean_accuracy",
+        "mean_l0, median_l0": "perturbed pixels (kernel placements for a structured attack) of the fooled samples",
+        "transfer cell": "attack_success_rate of the target model, among the samples it classifies correctly",
+    },
+    "detection": {
+        "metrics": "pycocotools COCOeval (bbox) on every image evaluated: map, map_50, map_75, map_small, map_medium, "
+                   "map_large, mar_1, mar_10, mar_100, mar_small, mar_medium, mar_large are its stats[0..11] "
+                   "(torchmetrics' names; map50 and map75 repeat map_50 and map_75); nan where COCOeval gives -1",
+        "ground truth": "the dataset's own annotations, as in the file: every box, its area (w * h where the "
+                        "dataset has none) and crowd flag, so the numbers equal COCOeval called on the same files",
+        "annotation_changes": "boxes reaching out of the image clipped, and boxes with no area inside it dropped, "
+                              "for the attack's targets only (crowd boxes are not targets); mAP scores the boxes as "
+                              "given",
+        "detections": "every detection (score threshold 0, COCOeval keeps the 100 best per image) in the original "
+                      "image's pixels",
+    },
+    "segmentation": {
+        "prediction": "at the original image size as transformers' post_process_semantic_segmentation(outputs, "
+                      "target_sizes) gives it: the model's logits resized bilinearly (align_corners=False), then "
+                      "argmax",
+        "miou": "MulticlassJaccardIndex(average='macro', ignore_index): one confusion matrix over every labelled "
+                "pixel of every image, IoU averaged over the classes present in the prediction or the truth",
+        "pixel_accuracy": "labelled pixels predicted right, over all images",
+        "ground truth": "the dataset's label maps at their own size, with the processor's do_reduce_labels applied",
+    },
+}
+
+
 class ClassificationRobustness(Metric):
     """Clean and robust accuracy, attack success rate and L0 of the successful examples.
 
-    ``update(labels, clean_predictions, adversarial_predictions, l0)`` with ``(B,)`` tensors. A sample is *fooled*
-    when it is classified correctly and its adversarial example is not; the success rate is fooled / correctly
-    classified; mean and median L0 are over the fooled samples.
+    ``update(labels, clean_predictions, adversarial_predictions, l0)`` with ``(B,)`` tensors. A sample is *robust*
+    when both its clean image and its adversarial example are classified correctly (AutoAttack's robust accuracy: a
+    sample misclassified on its clean image never counts, even where the adversarial image, e.g. one crafted on
+    another model, is classified correctly); it is *fooled* when it is classified correctly and its adversarial
+    example is not. The success rate is fooled / correctly classified; mean and median L0 are over the fooled
+    samples.
     """
 
     is_differentiable = False
@@ -85,7 +126,7 @@ class ClassificationRobustness(Metric):
             t.to(self.device) for t in (labels, clean_predictions, adversarial_predictions, l0)
         )
         clean_ok = clean_predictions == labels
-        robust_ok = adversarial_predictions == labels
+        robust_ok = clean_ok & (adversarial_predictions == labels)
         self.total += labels.numel()
         self.clean_correct += clean_ok.sum()
         self.robust_correct += robust_ok.sum()
@@ -116,9 +157,12 @@ def classification_robustness(
     >>> classification_robustness(torch.tensor([1, 1]), torch.tensor([1, 0]), torch.tensor([1, 0]),
     ...                           torch.tensor([0, 0]))["attack_success_rate"]
     0.0
+    >>> classification_robustness(torch.tensor([1, 1]), torch.tensor([1, 0]), torch.tensor([1, 1]),
+    ...                           torch.tensor([0, 0]))["robust_accuracy"]  # sample 1: wrong on its clean image
+    0.5
     """
     clean_ok = clean_predictions == labels
-    robust_ok = adversarial_predictions == labels
+    robust_ok = clean_ok & (adversarial_predictions == labels)
     return _classification_summary(
         torch.tensor(labels.numel()), clean_ok.sum(), robust_ok.sum(), l0[clean_ok & ~robust_ok].to(_F64)
     )
@@ -155,27 +199,49 @@ def _coco(image_ids: list[int], categories: list[int], annotations: list[dict]):
     return coco
 
 
-def coco_map(image_ids: Sequence[int], ground_truth: Tensor, detections: Tensor) -> dict[str, float]:
-    """COCO ``(map, map50, map75)`` by pycocotools' ``COCOeval`` on in-memory annotations (``nan``: no ground truth).
+#: Names of COCOeval's twelve ``stats`` (bbox), in their order: torchmetrics' ``MeanAveragePrecision`` keys.
+COCO_STATS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
+#: Earlier names kept in the results: ``map50`` is ``map_50``, ``map75`` is ``map_75``.
+COCO_ALIASES = {"map50": "map_50", "map75": "map_75"}
 
-    ``ground_truth`` rows: ``[image_id, x, y, w, h, label, area, iscrowd]``; ``detections`` rows:
-    ``[image_id, x, y, w, h, score, label]`` (boxes COCO xywh). Images are evaluated in id order, so the order of
-    the rows (e.g. after gathering from several processes) does not matter. Detection results are built as
+
+def _by_image(rows: Tensor) -> Tensor:
+    """Rows in image id order (column 0), each image's rows in their order."""
+    return rows[torch.argsort(rows[:, 0], stable=True)]
+
+
+def _named_stats(stats: Sequence[float]) -> dict[str, float]:
+    named = {key: float(s) if s >= 0 else math.nan for key, s in zip(COCO_STATS, stats, strict=True)}
+    return {**named, **{alias: named[key] for alias, key in COCO_ALIASES.items()}}
+
+
+def coco_map(image_ids: Sequence[int], ground_truth: Tensor, detections: Tensor) -> dict[str, float]:
+    """The twelve COCO statistics by pycocotools' ``COCOeval`` (bbox) on in-memory annotations.
+
+    Keys: :data:`COCO_STATS` (``stats[0..11]``: AP, AP50, AP75, AP small/medium/large, AR at 1/10/100 detections,
+    AR small/medium/large) and the aliases :data:`COCO_ALIASES`; ``nan`` where COCOeval gives -1 (e.g. no object of
+    a size) and everywhere without ground truth. ``ground_truth`` rows: ``[image_id, x, y, w, h, label, area,
+    iscrowd]``; ``detections`` rows: ``[image_id, x, y, w, h, score, label]`` (boxes COCO xywh). Images are
+    evaluated in id order and each image's rows keep their order, so the numbers do not depend on how rows of
+    different images interleave (e.g. after gathering from several processes). Detection results are built as
     ``COCO.loadRes`` builds them (area ``w * h``, ids from 1 in row order).
 
     >>> import torch
     >>> gt = torch.tensor([[1, 0, 0, 10, 10, 3, 100, 0]], dtype=torch.float64)
     >>> result = coco_map([1], gt, torch.tensor([[1, 0, 0, 10, 9, 0.9, 3]], dtype=torch.float64))  # IoU 0.9
-    >>> {key: round(value, 4) for key, value in result.items()}
-    {'map': 0.9, 'map50': 1.0, 'map75': 1.0}
+    >>> {key: round(value, 4) for key, value in result.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'map': 0.9, 'map_50': 1.0, 'map_75': 1.0, 'map_small': 0.9, 'map_medium': nan, 'map_large': nan,
+     'mar_1': 0.9, 'mar_10': 0.9, 'mar_100': 0.9, 'mar_small': 0.9, 'mar_medium': nan, 'mar_large': nan,
+     'map50': 1.0, 'map75': 1.0}
     """
     from pycocotools.cocoeval import COCOeval
 
     images = sorted({int(i) for i in image_ids})
-    order = lambda rows: rows[torch.argsort(rows[:, 0], stable=True)]  # rows in image id order
-    ground_truth, detections = order(ground_truth.reshape(-1, _GT_COLUMNS)), order(detections.reshape(-1, _DT_COLUMNS))
+    ground_truth = _by_image(ground_truth.reshape(-1, _GT_COLUMNS))
+    detections = _by_image(detections.reshape(-1, _DT_COLUMNS))
     if len(ground_truth) == 0:
-        return {"map": math.nan, "map50": math.nan, "map75": math.nan}
+        return _named_stats([-1.0] * len(COCO_STATS))
     gt_annotations = [
         {"id": n, "image_id": int(r[0]), "bbox": r[1:5].tolist(), "category_id": int(r[5]), "area": float(r[6]),
          "iscrowd": int(r[7])}
@@ -192,17 +258,18 @@ def coco_map(image_ids: Sequence[int], ground_truth: Tensor, detections: Tensor)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    stats = [float(s) if s >= 0 else math.nan for s in evaluation.stats[:3]]
-    return dict(zip(("map", "map50", "map75"), stats))
+    return _named_stats(evaluation.stats)
 
 
 class DetectionRobustness(Metric):
-    """COCO mAP, mAP@50 and mAP@75 on clean and adversarial detections, and the drop (clean minus adversarial).
+    """The twelve COCO statistics of clean and adversarial detections, and their drop (clean minus adversarial).
 
     ``update(image_ids, ground_truth, clean, adversarial)``: one entry per image of each list; ground truth dicts
-    hold ``boxes`` ``(n, 4)`` COCO xywh and ``labels`` (optionally ``area`` and ``iscrowd``), detection dicts hold
-    ``boxes`` xywh, ``scores`` and ``labels``. Keys of the result: ``map_clean``, ``map50_clean``, ``map75_clean``,
-    the same with ``_adversarial`` and ``_drop``, and ``images``.
+    hold ``boxes`` ``(n, 4)`` COCO xywh and ``labels`` (optionally ``area``, else ``w * h``, and ``iscrowd``, else
+    0), detection dicts hold ``boxes`` xywh, ``scores`` and ``labels``. The ground truth is scored as given: pass
+    the dataset's own annotations for COCO's numbers. Keys of the result: each key of :func:`coco_map` (``map``,
+    ``map_50``, ..., ``mar_large``, ``map50``, ``map75``) with ``_clean``, ``_adversarial`` and ``_drop``, and
+    ``images``.
 
     >>> metric = DetectionRobustness()
     >>> truth = {"boxes": [[0, 0, 10, 10]], "labels": [1]}

@@ -52,8 +52,9 @@ class TaskSpec(ABC):
         """Feed records (from :meth:`record` plus the attack fields) to the metric."""
 
     @abstractmethod
-    def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict) -> list[Panel]:
-        """One picture row for an example: ``(C, H, W)`` clean and adversarial images in the model's frame."""
+    def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict, target: Any) -> list[Panel]:
+        """One picture row for an example: ``(C, H, W)`` clean and adversarial images in the model's frame, its
+        record, and its ``target`` as the objective's ``prepare`` gives it (the truth in the model's frame)."""
 
     def valid_size(self, x: Tensor, targets: Any, i: int) -> tuple[int, int]:
         """``(height, width)`` of sample ``i``'s image inside ``x`` (detection batches are padded)."""

@@ -11,7 +11,9 @@ predicts on the clean and on the adversarial images of that source:
 
 Predictions are mapped back to the original image and scored by the task's metric (:class:`TaskSpec`); the cell
 holds ``spec.transfer_key``: for classification the attack success rate on the target among the samples it
-classifies correctly, for detection the mAP drop, for segmentation the mIoU drop. All models must share one label
+classifies correctly, for detection the mAP drop, for segmentation the mIoU drop. Every cell's robust accuracy
+follows AutoAttack (a sample counts when the target classifies its clean and its adversarial image correctly);
+``all_results.json`` states these conventions (:data:`~.metrics.CONVENTIONS`). All models must share one label
 space. Units of work are (source, batch) pairs, split across processes and resumed like the evaluation's batches;
 records carry ``source`` and ``target`` model names.
 """
@@ -41,10 +43,12 @@ from .batch import (
 )
 from .command_line import UsageError
 from .loop import finish_records, open_run, process_units, split_records, start_run, summary
-from .metrics import TransferMatrix
+from .metrics import CONVENTIONS, TransferMatrix
 from .pictures import save_heatmap
 from .processes import compute_all, metric_group, setup, start_logging
 from .progress import AttackProgress, attack_length
+from .records import RECORDS_FILE, RESULTS_FILE
+from .report import RunningMetric, matrix_table
 from .script_flags import check_args
 from .task_spec import TaskSpec, frame_image
 
@@ -130,8 +134,9 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
                                                             adversarial[i])})
         return records
 
+    diagonal = RunningMetric(spec, objectives[sources[0]], only=lambda r: r["source"] == r["target"])
     mine, stopped = process_units(accelerator, names, done, work, run, args, "transfer",
-                                  sum(attack_length(a) for a in attacks))
+                                  sum(attack_length(a) for a in attacks), diagonal)
     if stopped:
         return None
     accelerator.wait_for_everyone()
@@ -164,6 +169,7 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
             "targets": targets,
             "cell": spec.transfer_key,
             "note": NOTE,
+            "conventions": CONVENTIONS[spec.task],
             "processors": {name: _geometry(o.processor) for name, o in objectives.items()},
             "results": [{"k": a.k, "attack": to_dict(a), "matrix": computed[a.k]["matrix"],
                          "cells": computed[a.k]["cells"]} for a in attacks],
@@ -171,5 +177,10 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
             **common,
         }
         run.write_results(results)
+        for attack in attacks:
+            print(f"\n{spec.transfer_key} at k={attack.k} (source attacked white-box, evaluated on target):\n"
+                  f"{matrix_table(sources, targets, computed[attack.k]['matrix'])}", flush=True)
+        print(f"\nresults in {run.path / RESULTS_FILE}, records in {run.path / RECORDS_FILE}, pictures in "
+              f"{run.path / 'pictures'}", flush=True)
     accelerator.wait_for_everyone()
     return results

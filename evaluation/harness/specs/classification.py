@@ -40,7 +40,7 @@ class ClassificationSpec(TaskSpec):
         keys = ("label", "clean_prediction", "adversarial_prediction", "l0")
         metric.update(*(torch.tensor([r[key] for r in records]) for key in keys))
 
-    def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict) -> list[Panel]:
+    def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict, target: Any) -> list[Panel]:
         names = objective.model.config.id2label
         name = lambda i: str(names.get(i, i))
         return [

@@ -1,5 +1,9 @@
 """Segmentation in the evaluation loop: label maps at the original size, scored by mIoU and pixel accuracy.
 
+The label maps are those transformers' ``post_process_semantic_segmentation(outputs, target_sizes)`` gives: the
+model's logits resized bilinearly to the original size, then argmax (see ``SegmentationObjective.predict``), so a
+clean mIoU is what users of transformers get.
+
 The script :mod:`hf_sparse_attack.evaluation.eval_segmentation` runs it through :func:`..loop.run_evaluation`.
 """
 
@@ -14,7 +18,7 @@ from torch import Tensor
 
 from ..data import BadSample
 from ..metrics import SegmentationRobustness, expand_counts, joint_counts
-from ..pictures import Panel, perturbed_pixels
+from ..pictures import Panel, counted, perturbed_pixels
 from ..task_spec import TaskSpec
 
 
@@ -48,7 +52,7 @@ class SegmentationSpec(TaskSpec):
         return np.full(size, 255, dtype=np.uint8)
 
     def predict(self, objective: Any, x: Tensor, targets: Any, samples: Sequence) -> list[Tensor]:
-        return [m.cpu() for m in objective.to_original(objective.predict(x), [s.size for s in samples])]
+        return [m.cpu() for m in objective.predict(x, [s.size for s in samples])]
 
     def record(self, objective: Any, sample: Any, clean: Tensor, adversarial: Tensor) -> dict:
         truth = torch.from_numpy(reference_labels(objective, sample.annotation).astype(np.int64))
@@ -65,14 +69,22 @@ class SegmentationSpec(TaskSpec):
         truth, clean, adversarial = expand_counts([row for r in records for row in r["counts"]])
         metric.update(clean, adversarial, truth)
 
-    def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict) -> list[Panel]:
+    def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict, target: Any) -> list[Panel]:
+        """The clean image, its ground truth (``target``), the clean prediction, the adversarial image and
+        prediction, and the perturbed pixels. Pixel accuracy and the fraction of labelled pixels whose predicted
+        class changed are the record's (the original image's labelled pixels, as the metric counts them)."""
         maps = objective.predict(torch.stack([clean, adversarial]).to(objective.device)).cpu()
         accuracy = [record[f"pixel_accuracy_{v}"] for v in ("clean", "adversarial")]
         accuracy = ["n/a" if a is None else f"{a:.2f}" for a in accuracy]
+        labelled = sum(n for *_, n in record["counts"])
+        changed = sum(n for _, before, after, n in record["counts"] if before != after)
+        changed = f"{changed / labelled:.1%}" if labelled else "n/a"
         return [
             Panel(clean, "clean"),
-            Panel(maps[0], f"clean prediction\n(pixel acc. {accuracy[0]})", kind="labels"),
+            Panel(target.cpu(), "ground truth", kind="labels"),
+            Panel(maps[0], f"clean prediction\npixel accuracy {accuracy[0]}", kind="labels"),
             Panel(adversarial, "adversarial"),
-            Panel(maps[1], f"adversarial prediction\n(pixel acc. {accuracy[1]})", kind="labels"),
-            Panel(perturbed_pixels(clean, adversarial), f"perturbed (L0 {record['l0']})", kind="mask"),
+            Panel(maps[1], f"adversarial prediction\npixel accuracy {accuracy[1]}\n{changed} of the labelled "
+                  "pixels changed class", kind="labels"),
+            Panel(perturbed_pixels(clean, adversarial), f"perturbed: {counted(record['l0'], 'pixel')}", kind="mask"),
         ]
