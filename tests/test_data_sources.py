@@ -60,8 +60,8 @@ def test_image_folder_with_metadata(image_folder, tmp_path):
         assert sample.annotation["iscrowd"].tolist() == [0] * len(labels)
     limited = load_hf("detection", str(image_folder), split="train", max_eval_samples=2, cache_dir=str(tmp_path))
     assert limited.ids == [0, 1]
-    with pytest.raises(DataError, match=r"split 'validation'.*\['train'\]"):
-        load_hf("detection", str(image_folder), split="validation", cache_dir=str(tmp_path))
+    only = load_hf("detection", str(image_folder), split="validation", cache_dir=str(tmp_path))  # its one split
+    assert only.description["split"] == "train" and len(only) == len(data)
 
 
 def test_save_to_disk_dataset_and_dict(tmp_path):
@@ -136,13 +136,19 @@ def test_coco_json(coco_files):
     assert sample.annotation["boxes"].tolist() == BOXES[0]
     assert sample.annotation["labels"].tolist() == [3, 1]  # category ids
     assert sample.annotation["iscrowd"].tolist() == [0, 1] and sample.annotation["area"].tolist() == [7.0, 7.0]
-    by_name = CocoDataset(annotation_file, image_dir, max_eval_samples=1,
-                          label2id={"thing0": 5, "thing1": 6, "thing2": 7})
+    names = {5: "Thing0", 6: "thing_1", 7: "THING2"}  # the same classes under other ids: matched by name
+    by_name = CocoDataset(annotation_file, image_dir, max_eval_samples=1, id2label=names)
     assert by_name.ids == [10] and by_name[0].annotation["labels"].tolist() == []
-    assert CocoDataset(annotation_file, image_dir, label2id={"thing0": 5, "thing1": 6, "thing2": 7})[2] \
-        .annotation["labels"].tolist() == [7, 5]
-    with pytest.raises(DataError, match=r"\['thing2'\] are not labels"):
-        CocoDataset(annotation_file, image_dir, label2id={"thing0": 0, "thing1": 1})
+    assert by_name.description["category_mapping"] == "name"
+    assert CocoDataset(annotation_file, image_dir, id2label=names)[2].annotation["labels"].tolist() == [7, 5]
+    zero_based = {0: "thing0", 1: "thing1", 2: "thing2"}  # the file's ids are 1-based: auto maps by name
+    assert CocoDataset(annotation_file, image_dir, id2label=zero_based)[2].annotation["labels"].tolist() == [2, 0]
+    with pytest.raises(DataError, match=r"are not the model's labels \['thing0', 'thing1'\] \('thing2' not found\); "
+                       "pass --category_mapping id"):
+        CocoDataset(annotation_file, image_dir, id2label={0: "thing0", 1: "thing1"})
+    with pytest.raises(DataError, match=r"COCO category ids \[3\] are not class ids of the model \(0..2\).*"
+                       "--category_mapping name"):
+        CocoDataset(annotation_file, image_dir, id2label={0: "a", 1: "b", 2: "c"}, mapping="id")
     (image_dir / "img20.jpg").write_bytes(b"truncated")
     with pytest.raises(BadSample, match="img20.jpg"):
         data[1]
@@ -151,3 +157,16 @@ def test_coco_json(coco_files):
         data[1]
     with pytest.raises(DataError, match="does not exist"):
         CocoDataset(annotation_file.parent / "nothing.json", image_dir)
+
+
+def test_an_image_folder_of_one_split_is_read_whatever_split_is_asked(tmp_path):
+    for name in ("circle", "square"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / name / "0.png")
+    data = load_hf("classification", str(tmp_path))  # asks for "validation", the default
+    assert len(data) == 2 and data.description["split"] == "train"
+    assert data.class_names() == {0: "circle", 1: "square"}
+    (tmp_path / "test" / "circle").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "test" / "circle" / "0.png")
+    with pytest.raises(DataError, match=r"split 'validation' is not in the image folder .*splits: \['test', 'train'\]"):
+        load_hf("classification", str(tmp_path))

@@ -136,3 +136,33 @@ def test_a_budget_larger_than_the_input_is_refused_before_the_data_loads(tmp_pat
         eval_classification.main(["--model_name_or_path", str(model_path("classifier")), "--dataset_name",
                                   str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out"), *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_dataset_classes_are_matched_to_the_model_labels_by_name(tmp_path, capsys):
+    import datasets
+
+    from hf_sparse_attack.evaluation.embedded import model_path
+    from hf_sparse_attack.evaluation.testdata.shapes import CLASSES, classification_batch
+
+    images, labels = classification_batch(6, seed=3)
+    model = str(model_path("classifier"))
+    reordered = list(reversed(CLASSES))  # the same classes, other ids
+    for names, folder in ((list(CLASSES), "same"), (reordered, "reordered"), (["arrow", "ball", "box"], "other")):
+        ids = [names.index(CLASSES[label]) if folder != "other" else int(label) for label in labels]
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"image": images, "label": ids},
+                                                                        features=features)}).save_to_disk(
+            tmp_path / folder)
+    argv = ["--model_name_or_path", model, "--k", "1", "--steps", "2"]
+    same = eval_classification.main([*argv, "--dataset_name", str(tmp_path / "same"), "--output_dir",
+                                     str(tmp_path / "out-same")])
+    reordered = eval_classification.main([*argv, "--dataset_name", str(tmp_path / "reordered"), "--output_dir",
+                                          str(tmp_path / "out-reordered")])
+    assert same["results"] == reordered["results"]  # mapped by name: the same scores
+    with pytest.raises(SystemExit) as exit_info:
+        eval_classification.main([*argv, "--dataset_name", str(tmp_path / "other"), "--output_dir",
+                                  str(tmp_path / "out-other")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "the dataset's classes ['arrow', 'ball', 'box'] are not the model's labels" in error
+    assert "pass --label_mapping id" in error

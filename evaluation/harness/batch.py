@@ -12,6 +12,7 @@ from accelerate.logging import get_logger
 from .command_line import UsageError
 from .data import BadSample, CocoDataset, Columns, EvalDataset, Sample, load_hf
 from .device_flags import torch_dtype
+from .labels import class_mapping
 from .progress import AttackProgress
 from .records import RunDirectory, save_png
 from .task_flags import task_options
@@ -74,18 +75,24 @@ def load_objective(spec: TaskSpec, name: str, args: argparse.Namespace, device: 
 
 
 def load_data(spec: TaskSpec, args: argparse.Namespace, label2id: dict[str, int]) -> EvalDataset:
-    """The dataset named by the data flags; ``label2id`` is the model's (for ``--category_mapping name``)."""
+    """The dataset named by the data flags, its classes in the model's label space ``label2id`` (by name or id:
+    ``--category_mapping``, ``--label_mapping``; see :mod:`.labels`)."""
+    id2label = {i: name for name, i in label2id.items()}
     if getattr(args, "coco_annotation_file", None):
-        mapping = label2id if args.category_mapping == "name" else None
-        return CocoDataset(args.coco_annotation_file, args.coco_image_dir, args.max_eval_samples, mapping)
+        return CocoDataset(args.coco_annotation_file, args.coco_image_dir, args.max_eval_samples, id2label,
+                           args.category_mapping)
     names = {"image": args.image_column_name}
     if spec.task == "detection":
         names.update(objects=args.objects_column_name, bbox=args.bbox_key, category=args.category_key,
                      bbox_format=args.bbox_format)
     else:
         names["label"] = args.label_column_name
-    return load_hf(spec.task, args.dataset_name, args.dataset_split, args.dataset_config_name, Columns(**names),
-                   args.max_eval_samples, args.cache_dir)
+    dataset = load_hf(spec.task, args.dataset_name, args.dataset_split, args.dataset_config_name, Columns(**names),
+                      args.max_eval_samples, args.cache_dir)
+    if spec.task == "classification":
+        dataset.label_map = class_mapping(dataset.class_names(), id2label, args.label_mapping, "classes",
+                                          "--label_mapping")
+    return dataset
 
 
 def batches(count: int, size: int) -> list[list[int]]:

@@ -285,6 +285,7 @@ class HFDataset(EvalDataset):
             )
         _check_label_feature(dataset, task, columns.label)
         self.dataset = dataset
+        self.label_map: dict[int, int] | None = None  # dataset class id -> model class id (set by the loader)
         self.ids = _first(list(range(len(dataset))), max_eval_samples)
         self.description = description or {"source": "datasets.Dataset"}
 
@@ -301,6 +302,12 @@ class HFDataset(EvalDataset):
             return Sample(sample_id, image, annotation)
         return detection_sample(sample_id, image, annotation)
 
+    def class_names(self) -> dict[int, str] | None:
+        """The names of the classification label column's classes (a ``ClassLabel``), else ``None``."""
+        feature = self.dataset.features.get(self.columns.label) if self.task == "classification" else None
+        names = getattr(feature, "names", None)
+        return dict(enumerate(names)) if names else None
+
     def _annotation(self, row: dict, size: tuple[int, int]) -> Any:
         c = self.columns
         if self.task == "segmentation":
@@ -311,7 +318,7 @@ class HFDataset(EvalDataset):
                 raise BadSample(f"the label must be a class id, got {label!r}")
             if label < 0:
                 raise BadSample(f"label {label} (unlabelled)")
-            return int(label)
+            return int(label) if self.label_map is None else self.label_map[int(label)]
         found = row[c.objects]
         if isinstance(found, list):  # a list of dicts instead of a dict of lists
             keys = (c.bbox, c.category, "area", "iscrowd")
@@ -324,8 +331,9 @@ class HFDataset(EvalDataset):
 class CocoDataset(EvalDataset):
     """COCO detection from an annotation json and an image directory (pycocotools); ids are the COCO image ids.
 
-    ``label2id`` (a model's ``config.label2id``) maps category *names* to the model's class ids; without it the
-    category ids are the class ids (as for Hugging Face's COCO detectors, whose labels are COCO category ids).
+    Categories become the model's classes (``id2label``) as :func:`~.labels.class_mapping` says with ``mapping``
+    (auto: the category ids themselves when they fit the model's names, as for Hugging Face's COCO detectors whose
+    labels are COCO category ids; by name otherwise); ids that the model does not have are a :class:`DataError`.
     """
 
     def __init__(
@@ -333,7 +341,8 @@ class CocoDataset(EvalDataset):
         annotation_file: str | os.PathLike,
         image_dir: str | os.PathLike,
         max_eval_samples: int | None = None,
-        label2id: dict[str, int] | None = None,
+        id2label: dict[int, str] | None = None,
+        mapping: str = "auto",
     ) -> None:
         from pycocotools.coco import COCO
 
@@ -346,24 +355,28 @@ class CocoDataset(EvalDataset):
                 self.coco = COCO(str(annotation_file))
         except (OSError, ValueError, KeyError, TypeError, AssertionError) as err:
             raise DataError(f"could not read the COCO annotation file {str(annotation_file)!r}: {err}") from err
-        self.labels = self._category_labels(label2id)
+        self.labels = self._category_labels(id2label or {}, mapping)
         self.ids = _first(sorted(self.coco.getImgIds()), max_eval_samples)
         self.description = {
             "source": "coco",
             "annotation_file": str(annotation_file),
             "image_dir": str(self.image_dir),
-            "category_mapping": "name" if label2id else "id",
+            "category_mapping": "id" if all(c == m for c, m in self.labels.items()) else "name",
         }
 
-    def _category_labels(self, label2id: dict[str, int] | None) -> dict[int, int]:
-        categories = self.coco.loadCats(self.coco.getCatIds())
-        if label2id is None:
-            return {c["id"]: c["id"] for c in categories}
-        unknown = sorted(c["name"] for c in categories if c["name"] not in label2id)
-        if unknown:
-            raise DataError(f"COCO categories {unknown} are not labels of the model (its labels: "
-                            f"{sorted(label2id)}); map categories by id instead")
-        return {c["id"]: int(label2id[c["name"]]) for c in categories}
+    def _category_labels(self, id2label: dict[int, str], mapping: str) -> dict[int, int]:
+        from .labels import class_mapping
+
+        names = {c["id"]: c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
+        by_name = class_mapping(names, id2label, mapping, "COCO categories", "--category_mapping") if id2label \
+            else None
+        labels = by_name or {i: i for i in names}
+        missing = sorted(i for i in labels.values() if id2label and i not in id2label)
+        if missing:
+            raise DataError(f"COCO category ids {missing} are not class ids of the model (0..{max(id2label)}); its "
+                            f"labels are {sorted(id2label.values())}: pass --category_mapping name to match the "
+                            "categories by name")
+        return labels
 
     def __getitem__(self, position: int) -> Sample:
         image_id = self.ids[position]
@@ -416,7 +429,12 @@ def load_hf(
             dataset = datasets.load_from_disk(str(path))
             description["split"] = None
         elif path.is_dir():
-            dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, cache_dir=cache_dir)
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir)
+            if split not in loaded and len(loaded) != 1:
+                raise DataError(f"split {split!r} is not in the image folder {dataset_name!r}; its splits: "
+                                f"{sorted(loaded)}")
+            description["split"] = split if split in loaded else next(iter(loaded))  # a folder of one split: that
+            dataset = loaded[description["split"]]
         elif path.exists() or dataset_name.startswith((".", "/", "~")):
             raise DataError(f"dataset path {dataset_name!r} is not a directory (resolved to {path.resolve()})")
         else:

@@ -13,6 +13,7 @@ from .attack_flags import add_attack_arguments
 from .command_line import THREADS_HELP, Parser, UsageError
 from .data import BBOX_FORMATS
 from .device_flags import add_device_arguments
+from .labels import MAPPINGS
 from .task_flags import TASK_OPTION_FLAGS, add_task_arguments
 
 #: Flags that do not change any result: a run may be resumed with other values of them.
@@ -43,6 +44,11 @@ def build_parser(task: str | None, description: str = "", transfer: bool = False
     if task != "detection":
         data.add_argument("--label_column_name", default="label",
                           help="class id (classification) or label-map image (segmentation) column")
+    if task in (None, "classification"):
+        data.add_argument("--label_mapping", default="auto", choices=MAPPINGS,
+                          help="dataset class -> model label: by name (the dataset's ClassLabel names against "
+                          "config.id2label, case and separators ignored), by id, or auto: by name when both have "
+                          "names and their ids disagree")
     if task == "detection":
         data.add_argument("--objects_column_name", default="objects", help="the column of the boxes and classes")
         data.add_argument("--bbox_key", default="bbox", help="key of the boxes in the objects column")
@@ -50,8 +56,10 @@ def build_parser(task: str | None, description: str = "", transfer: bool = False
         data.add_argument("--bbox_format", default="xywh", choices=BBOX_FORMATS, help="COCO xywh or xyxy pixels")
         data.add_argument("--coco_annotation_file", help="COCO json (instead of --dataset_name)")
         data.add_argument("--coco_image_dir", help="directory of the COCO json's file_name entries")
-        data.add_argument("--category_mapping", default="id", choices=("id", "name"),
-                          help="COCO category -> model label: the category id itself, or by name (config.label2id)")
+        data.add_argument("--category_mapping", default="auto", choices=MAPPINGS,
+                          help="COCO category -> model label: by the category id itself, by name (config.id2label, "
+                          "case and separators ignored), or auto: the ids when they fit the model's names, else by "
+                          "name")
     data.add_argument("--max_eval_samples", type=int, help="evaluate the first N samples only")
     data.add_argument("--cache_dir", help="datasets cache directory")
 
