@@ -80,6 +80,17 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def perturbed_title(record: dict) -> str:
+    """The title of a perturbed-pixel panel: the pixels changed, and the kernel placements when they differ.
+
+    >>> perturbed_title({"l0": 3, "pixels_changed": 27}), perturbed_title({"l0": 5, "pixels_changed": 5})
+    ('perturbed: 3 placements, 27 pixels', 'perturbed: 5 pixels')
+    """
+    pixels = record.get("pixels_changed", record["l0"])
+    placements = f"{counted(record['l0'], 'placement')}, " if pixels != record["l0"] else ""
+    return f"perturbed: {placements}{counted(pixels, 'pixel')}"
+
+
 def label_colours(num_classes: int) -> Colormap:
     """The colour of each class id ``0 .. num_classes - 1`` of label maps (unlabelled, masked: black)."""
     if num_classes <= 10:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import ClassificationRobustness
-from ..pictures import Panel, perturbed_pixels
+from ..pictures import Panel, perturbed_pixels, perturbed_title
 from ..task_spec import TaskSpec
 
 
@@ -42,9 +42,12 @@ class ClassificationSpec(TaskSpec):
 
     def panels(self, objective: Any, clean: Tensor, adversarial: Tensor, record: dict, target: Any) -> list[Panel]:
         names = objective.model.config.id2label
-        name = lambda i: str(names.get(i, i))
+
+        def name(i: int) -> str:
+            return str(names.get(i, i))
+
         return [
             Panel(clean, f"clean: {name(record['clean_prediction'])}\n(label {name(record['label'])})"),
             Panel(adversarial, f"adversarial: {name(record['adversarial_prediction'])}"),
-            Panel(perturbed_pixels(clean, adversarial), f"perturbed (L0 {record['l0']})", kind="mask"),
+            Panel(perturbed_pixels(clean, adversarial), perturbed_title(record), kind="mask"),
         ]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import DetectionRobustness
-from ..pictures import Panel, counted, perturbed_pixels
+from ..pictures import Panel, counted, perturbed_pixels, perturbed_title
 from ..task_spec import TaskSpec
 
 
@@ -95,5 +95,5 @@ class DetectionSpec(TaskSpec):
                   f"ground truth: {counted(len(truth), 'object')} (dashed)", boxes=shown[0], truth=truth),
             Panel(adversarial, f"adversarial: {counted(len(shown[1]), 'detection')}\n{verdict}", boxes=shown[1],
                   truth=[(box, "") for box, _ in truth]),
-            Panel(perturbed_pixels(clean, adversarial), f"perturbed: {counted(record['l0'], 'pixel')}", kind="mask"),
+            Panel(perturbed_pixels(clean, adversarial), perturbed_title(record), kind="mask"),
         ]

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..data import BadSample
 from ..metrics import SegmentationRobustness, expand_counts, joint_counts
-from ..pictures import Panel, counted, perturbed_pixels
+from ..pictures import Panel, perturbed_pixels, perturbed_title
 from ..task_spec import TaskSpec
 
 
@@ -86,5 +86,5 @@ class SegmentationSpec(TaskSpec):
             Panel(adversarial, "adversarial"),
             Panel(maps[1], f"adversarial prediction\npixel accuracy {accuracy[1]}\n{changed} of the labelled "
                   "pixels changed class", kind="labels"),
-            Panel(perturbed_pixels(clean, adversarial), f"perturbed: {counted(record['l0'], 'pixel')}", kind="mask"),
+            Panel(perturbed_pixels(clean, adversarial), perturbed_title(record), kind="mask"),
         ]
