@@ -5,7 +5,7 @@ commands:
   eval      evaluate robustness on a dataset with the evaluation script of the model's task
   transfer  transferability matrix between models (evaluation/eval_transfer.py)
   train     sparse adversarial training of a classifier (evaluation/train_sparse_adversarial.py)
-  demo      the three tasks on the embedded models and generated data, offline, in about 2 minutes on CPU
+  demo      the three tasks on the embedded models and generated data, offline, in about a minute on 2 CPU cores
 
 Run ``hf-sparse-attack COMMAND --help`` for a command's flags. Errors are one line on stderr with exit code 2;
 ``--debug`` (anywhere on the line) shows the traceback instead.

@@ -1,6 +1,6 @@
 """The whole product in one command, offline and on CPU: the three tasks on the embedded models and generated shapes.
 
-    hf-sparse-attack demo                          # about 2 minutes on 2 CPU cores
+    hf-sparse-attack demo                          # about a minute on 2 CPU cores (46 s measured)
     hf-sparse-attack demo --output_dir /tmp/demo --samples 8 --overwrite
 
 For classification, detection and segmentation in turn, the demo writes a small held-out dataset of generated
