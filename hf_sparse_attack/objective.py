@@ -23,6 +23,7 @@ it with :func:`select`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -57,7 +58,10 @@ class Measurement(NamedTuple):
 
 def classifier_measurement(loss_name: str, logits: Tensor, labels: Tensor, targeted: bool = False) -> Measurement:
     """A classifier's verdict from its ``logits (B, C)``: the loss ``loss_name``, success (prediction differs from
-    ``labels``; targeted: equals them) and the margin towards the goal as the score (positive when fooled)."""
+    ``labels``; targeted: equals them) and the margin towards the goal as the score (positive when fooled).
+
+    Half-precision logits are promoted to float32 first, so the loss (and its gradient) keep float32 precision."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     loss = classification_loss(loss_name, logits, labels, targeted)
     detached = logits.detach().float()
     hit = detached.argmax(dim=1) == labels
@@ -84,7 +88,10 @@ class ClassifierObjective:
         check_loss_name(self.loss_name)
 
     def logits(self, x: Tensor) -> Tensor:
-        out = self.model(x)
+        """The model's logits for ``x``, cast first to the dtype of the model's weights (a bfloat16 model takes
+        float32 images)."""
+        dtype = weights_dtype(self.model)
+        out = self.model(x if dtype is None else x.to(dtype))
         out = getattr(out, "logits", out)
         if not isinstance(out, Tensor) or out.dim() != 2:
             raise ValueError(
@@ -117,6 +124,19 @@ class ClassifierObjective:
     def success(self, x: Tensor, targets: Tensor) -> Tensor:
         with torch.no_grad():
             return self.loss_success_score(x, targets).success
+
+
+def weights_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter (or buffer): the dtype it takes its input in;
+    ``None`` when it has none.
+
+    >>> weights_dtype(nn.Linear(2, 2).to(torch.bfloat16)), weights_dtype(nn.ReLU())
+    (torch.bfloat16, None)
+    """
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
 
 
 def as_objective(model_or_objective: Any, loss: str | None = None, targeted: bool = False) -> Objective:

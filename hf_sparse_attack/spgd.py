@@ -6,6 +6,11 @@ sign step on ``p`` (gradient through ``sigmoid(m_tilde)`` when ``unprojected``, 
 and a normalised step on ``m_tilde``. A sample whose top-k support is stuck for ``patience`` iterations gets a new
 random ``m_tilde``; each sample keeps its best iterate and leaves the batch as soon as it succeeds.
 
+The state (magnitude, mask logits, gradients, losses, scores) is float32 whatever the images' dtype (float64 for
+float64 images); the objective sees images of the images' dtype. An iteration makes one host synchronisation (the
+success and restart flags), and one more where samples finish (the index of those kept): best tracking and restarts
+stay on the device.
+
 >>> import torch
 >>> torch.manual_seed(0) and None
 >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
@@ -13,6 +18,8 @@ random ``m_tilde``; each sample keeps its best iterate and leaves the batch as s
 >>> result = SparsePGD(k=5, steps=20)(model, x, y)
 >>> bool((result.l0 <= 5).all()), result.adversarial.shape
 (True, torch.Size([4, 3, 8, 8]))
+>>> SparsePGD(k=5, steps=20)(model, x.half(), y).adversarial.dtype  # the state stays float32
+torch.float16
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ from .value_checks import check_positive_int, check_range
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the attack's state for images of ``dtype``: float32, or float64 for float64 images.
 
-    In half precision the mask logits' normalised steps and the sigmoid's slopes underflow (sPGD then fools nothing
-    on large images), so the magnitude, mask logits, gradients, losses and the best-iterate bookkeeping stay in
-    this dtype; only the images the objective sees (and the attack returns) keep the images' dtype.
+    A float16 state breaks the attack: with a small gradient, the mask step ``beta * sqrt(positions) / ||g||``
+    overflows to inf and ``0 * inf`` turns the mask logits into NaN (sPGD then fooled nothing on 112x112 images);
+    bfloat16 keeps 3 significant digits. So the magnitude, mask logits, gradients, losses and the best-iterate
+    bookkeeping stay in this dtype; only the images the objective sees (and the attack returns) keep the images'.
 
     >>> state_dtype(torch.float16), state_dtype(torch.bfloat16), state_dtype(torch.float64)
     (torch.float32, torch.float32, torch.float64)
@@ -173,26 +181,28 @@ class SparsePGD:
                 v.compact(keep)
                 grad, pixels, restart = (t.index_select(0, keep) for t in (grad, pixels, restart))
                 restarts = [r for r, d in zip(restarts, done) if not d]
-            fresh = [gen for gen, r in zip(s.gens, restarts) if r]  # the generators of the restarting samples
-            self._step(v, s, grad, pixels, to_grid, restart, fresh)
+            restart_gens = [gen for gen, r in zip(s.gens, restarts) if r]
+            self._step(v, s, grad, pixels, to_grid, restart, restart_gens)
         s.write(out, torch.arange(len(s.gens), device=x.device))
 
     def _step(self, v: _Variables, s: _Active, grad: Tensor, pixels: Tensor, to_grid, restart: Tensor,
-              fresh: list) -> None:
+              restart_gens: list) -> None:
         """One step on the magnitude and the mask logits of every active sample (``grad`` is consumed). The rows
-        flagged in ``restart`` (``fresh``: their generators, none when empty) first get a new random mask (see the
-        class docstring); this iteration's steps apply to their fresh mask too (as the authors' code)."""
+        flagged in ``restart`` (``restart_gens``: their generators; none restarts when empty) first get a new random
+        mask (see the class docstring); this iteration's steps apply to their fresh mask too (as the authors' code).
+        """
         sig = torch.sigmoid(v.m_tilde)
         grad_m = to_grid(torch.linalg.vecdot(grad, v.p, dim=1).unsqueeze(1)).mul_(sig * (1 - sig))
         # Magnitude step direction: sign(grad * sigmoid(m_tilde)) = sign(grad) since the sigmoid is positive
         # (unprojected); sign(grad * m) with the binary mask m (projected).
         direction = grad.sign_() if self.unprojected else grad.sign_().mul_(pixels)
-        if fresh:
-            v.restart(restart, fresh, s, None if self.unprojected else self.epsilon)
+        if restart_gens:
+            v.restart(restart, restart_gens, s, None if self.unprojected else self.epsilon)
         torch.clamp(v.p.add_(direction, alpha=self.alpha * self.epsilon), s.lo, s.hi, out=v.p)
         # m_tilde += beta * sqrt(positions) * g / ||g||, no step where the gradient vanishes.
+        mask_step = self.beta * math.sqrt(math.prod(grad_m.shape[2:]))
         norm = grad_m.flatten(1).norm(dim=1)
-        scale = (norm > 2e-10) * norm.add_(1e-10).reciprocal_().mul_(self.beta * math.sqrt(grad_m[0].numel()))
+        scale = (norm > 2e-10) * norm.add_(1e-10).reciprocal_().mul_(mask_step)  # as mask_step / (norm + 1e-10)
         v.m_tilde.add_(grad_m.mul_(scale.view(-1, 1, 1, 1)))
         v.update_support(self.k)
 
@@ -206,8 +216,10 @@ def _evaluate(objective, x_adv: Tensor, targets: Any, dtype: torch.dtype, want_g
         if want_grad:
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0).to(dtype)
-    loss = loss.detach().to(dtype)
-    return loss, success & torch.isfinite(loss), score, grad  # measure checked before the cast
+    loss = loss.detach()
+    if loss.dtype.itemsize > dtype.itemsize:  # measure checked the loss; its cast (float64 to 32) may overflow
+        success = success & torch.isfinite(loss.to(dtype))
+    return loss.to(dtype), success, score, grad
 
 
 class _Outcome:
@@ -239,7 +251,7 @@ class _Active:
         self.x = x.index_select(0, self.index)
         self.x_state = self.x.to(self.dtype)
         self.lo, self.hi = (-self.x_state).clamp_(min=-eps), (1 - self.x_state).clamp_(max=eps)  # box, L-inf bound
-        self.targets = select(targets, self.index)
+        self.targets = select(targets, self.index if isinstance(targets, Tensor) else todo)  # lists: on the host
         self.gens = [gens[i] for i in todo]
         self.iterations = torch.zeros(len(todo), dtype=torch.long, device=x.device)
         self.best = self.x.clone()

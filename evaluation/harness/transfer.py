@@ -34,6 +34,7 @@ from .attack_configs import attack_configs
 from .batch import (
     attack_fields,
     batches,
+    check_budgets,
     check_task_model,
     load_data,
     load_objective,
@@ -95,6 +96,8 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     sources = list(dict.fromkeys(args.model_name_or_path))
     targets = list(dict.fromkeys(args.target_models or sources))
     checked = {name: check_task_model(spec, name, args) for name in dict.fromkeys(sources + targets)}
+    for name in sources:
+        check_budgets(attacks, checked[name])
     _check_label_spaces(checked)
     accelerator = setup(args)
     run, resume = open_run(accelerator, args)
