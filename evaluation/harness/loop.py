@@ -171,21 +171,47 @@ def summary(dataset: EvalDataset, args: argparse.Namespace, records: list[dict],
     }
 
 
+@dataclasses.dataclass
+class Opened:
+    """A run past its checks, with its models loaded (:func:`open_evaluation`)."""
+
+    attacks: list
+    checked: dict[str, Any]  # model name -> tasks.CheckedModel
+    accelerator: Any
+    run: RunDirectory
+    dataset: EvalDataset
+    objectives: dict[str, Any]  # model name -> objective
+    done: set[str]  # the units an earlier run finished
+
+
+def open_evaluation(spec: TaskSpec, args: argparse.Namespace, models: list[str], attacked: list[str],
+                    check_models: Callable[[dict[str, Any]], None] = lambda checked: None) -> Opened:
+    """Every check, cheapest first, then the heavy part (the module docstring's step 1): the flags, the ``models``'
+    configs (``check_models`` may add checks across them), each ``attacked`` model's input against the budgets, the
+    output directory, the data; then the models load and the run starts (resuming what an earlier run finished)."""
+    check_args(args)
+    check_sharing(args)
+    attacks = attack_configs(args)
+    checked = {name: check_task_model(spec, name, args) for name in models}
+    for name in attacked:
+        check_budgets(attacks, checked[name])
+    check_models(checked)
+    accelerator = setup(args)
+    run, resume = open_run(accelerator, args)
+    dataset = load_data(spec, args, checked[attacked[0]].label2id)
+    start_logging()
+    objectives = {name: load_objective(spec, name, args, accelerator.device) for name in models}
+    return Opened(attacks, checked, accelerator, run, dataset, objectives, start_run(accelerator, run, resume))
+
+
 def run_evaluation(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     """Run the evaluation of ``args`` (see the module docstring); the results on the main process (``None``
     elsewhere, or when stopped early by ``--stop_after_batches``)."""
     started = time.time()
-    check_args(args)
-    check_sharing(args)
-    attacks = attack_configs(args)
-    checked = check_task_model(spec, args.model_name_or_path, args)
-    check_budgets(attacks, checked)
-    accelerator = setup(args)
-    run, resume = open_run(accelerator, args)
-    dataset = load_data(spec, args, checked.label2id)
-    start_logging()
-    objective = load_objective(spec, args.model_name_or_path, args, accelerator.device)
-    done = start_run(accelerator, run, resume)
+    opened = open_evaluation(spec, args, [args.model_name_or_path], [args.model_name_or_path])
+    attacks, accelerator, run, dataset = opened.attacks, opened.accelerator, opened.run, opened.dataset
+    done = opened.done
+    objective = opened.objectives[args.model_name_or_path]
 
     units = batches(len(dataset), args.per_device_eval_batch_size)
     names = [f"b{u:06d}" for u in range(len(units))]

@@ -30,27 +30,21 @@ from torch import Tensor
 
 from hf_sparse_attack.config import to_dict
 
-from .attack_configs import attack_configs
 from .batch import (
     attack_fields,
     batches,
-    check_budgets,
-    check_task_model,
-    load_data,
-    load_objective,
     load_samples,
     prepare_batch,
     sample_fields,
 )
 from .command_line import UsageError
-from .loop import finish_records, open_run, process_units, split_records, start_run, summary
+from .loop import finish_records, open_evaluation, process_units, split_records, summary
 from .metrics import CONVENTIONS, TransferMatrix
 from .pictures import save_heatmap
-from .processes import compute_all, metric_group, setup, start_logging
+from .processes import compute_all, metric_group
 from .progress import AttackProgress, attack_length
 from .records import RECORDS_FILE, RESULTS_FILE
 from .report import RunningMetric, matrix_table
-from .script_flags import check_args
 from .task_spec import TaskSpec, frame_image
 
 NOTE = ("Rows: source models (attacked white-box); columns: target models. Diagonal: white-box, on the source's own "
@@ -91,20 +85,12 @@ def transfer(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
     """Run the transfer evaluation of ``args``; the results on the main process (``None`` elsewhere, or when stopped
     early by ``--stop_after_batches``)."""
     started = time.time()
-    check_args(args)
-    attacks = attack_configs(args)
     sources = list(dict.fromkeys(args.model_name_or_path))
     targets = list(dict.fromkeys(args.target_models or sources))
-    checked = {name: check_task_model(spec, name, args) for name in dict.fromkeys(sources + targets)}
-    for name in sources:
-        check_budgets(attacks, checked[name])
-    _check_label_spaces(checked)
-    accelerator = setup(args)
-    run, resume = open_run(accelerator, args)
-    dataset = load_data(spec, args, checked[sources[0]].label2id)
-    start_logging()
-    objectives = {name: load_objective(spec, name, args, accelerator.device) for name in checked}
-    done = start_run(accelerator, run, resume)
+    opened = open_evaluation(spec, args, list(dict.fromkeys(sources + targets)), sources, _check_label_spaces)
+    attacks, accelerator, run, dataset = opened.attacks, opened.accelerator, opened.run, opened.dataset
+    done = opened.done
+    objectives = opened.objectives
     units = batches(len(dataset), args.per_device_eval_batch_size)
     names = [f"s{s:03d}-b{b:06d}" for s in range(len(sources)) for b in range(len(units))]
 
