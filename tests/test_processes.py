@@ -43,8 +43,9 @@ def test_a_process_that_does_not_see_the_output_dir_stops_every_process(tmp_path
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if "do not see the main process's --output_dir" in line]
-    assert sorted(line.split(":")[0] for line in lines) == ["driver.py [rank 0/2]", "driver.py [rank 1/2]"], \
-        done.stderr[-3000:]
+    # every rank raises the same error; the first to exit makes the launcher end the other, which may not print
+    prefixes = {line.split(":")[0] for line in lines}
+    assert prefixes and prefixes <= {"driver.py [rank 0/2]", "driver.py [rank 1/2]"}, done.stderr[-3000:]
     assert all("process(es) [1]" in line for line in lines)
     assert not (tmp_path / "out" / "records").exists()  # stopped before any attack
 
