@@ -75,3 +75,17 @@ def test_bad_device_flags_are_usage_errors(tmp_path, capsys, flags, message):
         eval_classification.main(["--model_name_or_path", str(model_path("classifier")), "--dataset_name",
                                   str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_progress_bar_shows_the_task_metric_of_the_records_so_far():
+    from hf_sparse_attack.evaluation.harness.report import RunningMetric
+
+    running = RunningMetric(load_spec("classification"), objective=None)
+    records = [{"k": 2, "label": 0, "clean_prediction": 0, "adversarial_prediction": a, "l0": 1, "success": a != 0}
+               for a in (0, 1, 1, 0)] + [{"id": 9, "skipped": "unreadable"}]
+    running.add(records)
+    assert running.postfix() == {"robust accuracy@k=2": "0.500"}
+    running.add([{"k": 2, "label": 1, "clean_prediction": 0, "adversarial_prediction": 1, "l0": 0,
+                  "success": True}])  # wrong on its clean image: never robust (AutoAttack)
+    running.last = 0.0  # as if the refresh interval had passed
+    assert running.postfix() == {"robust accuracy@k=2": "0.400"}
