@@ -1,4 +1,4 @@
-"""Sharing a run the Hugging Face way (:mod:`hf_sparse_attack.evaluation.harness.export`): the adversarial examples
+"""Sharing a run the Hugging Face way (:mod:`hf_sparse_attack.evaluation.harness.sharing`): the adversarial examples
 as a ``datasets`` dataset that the evaluation scripts read back, the results as a model card's ``model-index``, and
 the Hub flags checked before any attack."""
 
@@ -21,7 +21,8 @@ from script_runs import records, run_main
 from hf_sparse_attack.evaluation import eval_classification, eval_detection, eval_segmentation
 from hf_sparse_attack.evaluation.command.demo import write_dataset
 from hf_sparse_attack.evaluation.embedded import model_path
-from hf_sparse_attack.evaluation.harness.export import EXPORTS, eval_results, model_card
+from hf_sparse_attack.evaluation.harness.export import EXPORTS
+from hf_sparse_attack.evaluation.harness.model_card import eval_results, model_card
 from hf_sparse_attack.evaluation.testdata.shapes import TEST_SEED, shapes_batch
 from hf_sparse_attack.tasks import load_task
 

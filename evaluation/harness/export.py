@@ -1,5 +1,5 @@
-"""Share a run's results the Hugging Face way: its adversarial examples as a ``datasets`` dataset, and its numbers as
-a model card's ``model-index``.
+"""A run's adversarial examples as a ``datasets`` dataset (the Hugging Face way to share them; see also
+:mod:`.model_card`).
 
     python evaluation/eval_classification.py --model_name_or_path ./my-vit --dataset_name ./val --k 10 20 \\
         --output_dir runs/vit --export_dataset runs/vit-adversarial [--push_to_hub me/vit-sparse-adversarial] \\
@@ -34,67 +34,39 @@ image's frame (accuracy does not depend on the frame, nor mAP: IoU does not chan
 processor that crops (ResNet's and ConvNeXt's ``crop_pct``) rescales the images again. ``--push_to_hub REPO_ID``
 pushes the dataset to that Hub dataset repository.
 
-**The model card** (always written, ``output_dir/model_card.md``; :func:`model_card`) holds the run's results as
-``model-index`` metadata (:class:`huggingface_hub.EvalResult`): task type ``image-classification``,
-``object-detection`` or ``image-segmentation``; the dataset (Hub name, else the folder's name, with the path as
-its name; split, config); one clean value per metric and one adversarial value per attack, whose ``args`` are the
-attack's config (``None`` values left out, as model cards do) and the task options. Metric types: ``accuracy``,
-``mAP`` and ``mAP@50``, ``mean_iou``. Paste it into a card, or pass ``--push_model_card REPO_ID``, which opens a
-pull request on that model repository adding the results to its card (``huggingface_hub.metadata_update``, never
-overwriting the card or a different value already there).
-
-The Hub flags are checked before the attack runs (:func:`check_sharing`): offline mode (``HF_HUB_OFFLINE``), no
-token, a bad token or an unreachable Hub is one error line then, not after hours of attacks.
+The model card of a run: :mod:`.model_card`; the flags and the end of a run: :mod:`.sharing`.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import math
 import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any
 
 import numpy as np
 from accelerate.logging import get_logger
 from PIL import Image
 
 from .records import (
-    OUTPUTS,
     RECORDS_FILE,
     RESULTS_FILE,
-    OutputDirError,
-    RunDirectory,
-    atomic_write,
     guard_output_dir,
     remove,
 )
 
 logger = get_logger(__name__)
 
-MODEL_CARD_FILE = "model_card.md"
 #: What marks a directory as an exported dataset (``DatasetDict.save_to_disk``): ``--overwrite`` may replace it.
 DATASET_MARK = "dataset_dict.json"
 
 
 class ExportError(ValueError):
     """The results cannot be exported or pushed as asked; the message says why and what to do."""
-
-
-class CardMetric(NamedTuple):
-    """One metric of a task in the model card: its ``model-index`` type, its keys in ``all_results.json`` and the
-    names of its clean and adversarial values."""
-
-    metric_type: str
-    clean_key: str
-    adversarial_key: str
-    clean_name: str
-    adversarial_name: str
 
 
 def _png(image: Image.Image) -> dict:
@@ -109,11 +81,7 @@ def _uint8(x: Any) -> np.ndarray:
 
 
 class TaskExport(ABC):
-    """What one task puts in the exported dataset (truth and predictions) and in the model card."""
-
-    task_type: ClassVar[str]
-    task_name: ClassVar[str]
-    metrics: ClassVar[tuple[CardMetric, ...]]
+    """What one task puts in the exported dataset: its truth and predictions."""
 
     @abstractmethod
     def fields(self, objective: Any, sample: Any, targets: Any, record: dict, clean: np.ndarray,
@@ -127,9 +95,6 @@ class TaskExport(ABC):
 
 
 class ClassificationExport(TaskExport):
-    task_type, task_name = "image-classification", "Image Classification"
-    metrics = (CardMetric("accuracy", "clean_accuracy", "robust_accuracy", "clean accuracy", "robust accuracy"),)
-
     def fields(self, objective, sample, targets, record, clean, adversarial) -> dict:
         return {key: record[key] for key in ("label", "clean_prediction", "adversarial_prediction")}
 
@@ -157,10 +122,6 @@ def _detections(found: dict, scale: np.ndarray, keys: dict[str, str]) -> dict:
 
 
 class DetectionExport(TaskExport):
-    task_type, task_name = "object-detection", "Object Detection"
-    metrics = (CardMetric("mAP", "map_clean", "map_adversarial", "clean mAP", "adversarial mAP"),
-               CardMetric("mAP@50", "map50_clean", "map50_adversarial", "clean mAP@50", "adversarial mAP@50"))
-
     def fields(self, objective, sample, targets, record, clean, adversarial) -> dict:
         scale = np.array(clean.shape[1::-1], dtype=np.float64) / np.array(sample.size[::-1], dtype=np.float64)
         truth = {"boxes": "bbox", "labels": "category", "area": "area", "iscrowd": "iscrowd"}
@@ -179,9 +140,6 @@ class DetectionExport(TaskExport):
 
 
 class SegmentationExport(TaskExport):
-    task_type, task_name = "image-segmentation", "Image Segmentation"
-    metrics = (CardMetric("mean_iou", "miou_clean", "miou_adversarial", "clean mIoU", "adversarial mIoU"),)
-
     def fields(self, objective, sample, targets, record, clean, adversarial) -> dict:
         import torch
 
@@ -203,7 +161,7 @@ class SegmentationExport(TaskExport):
         return {key: ImageFeature() for key in ("label", "clean_prediction", "adversarial_prediction")}
 
 
-#: Task (of the evaluation scripts) -> what its export and model card hold.
+#: Task (of the evaluation scripts) -> what its exported dataset holds.
 EXPORTS: dict[str, TaskExport] = {"classification": ClassificationExport(), "detection": DetectionExport(),
                                   "segmentation": SegmentationExport()}
 
@@ -290,7 +248,7 @@ def export_dataset(spec: Any, objective: Any, dataset: Any, run_dir: str | os.Pa
         out[f"k{k}"] = datasets.Dataset.from_dict(dict(columns), features=features, info=info)
     if path is not None:
         path = Path(path)
-        _check_replaceable(path, "the export directory", overwrite=True)
+        check_replaceable(path, "the export directory", overwrite=True)
         _save(out, path)
     return out
 
@@ -308,158 +266,7 @@ def _save(dataset: Any, path: Path) -> None:
         remove(temporary)
 
 
-def _dataset_card_fields(description: dict) -> dict:
-    """``model-index`` dataset fields of ``all_results.json``'s ``dataset``: the Hub name as type when it is one,
-    else the folder's (or COCO annotation file's) name, with the path as given for name."""
-    if description.get("source") == "coco":
-        return {"dataset_type": "coco", "dataset_name": description["annotation_file"]}
-    source = str(description["source"])
-    local = Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
-    fields = {"dataset_type": Path(source).name if local else source, "dataset_name": source,
-              "dataset_split": description.get("split"), "dataset_config": description.get("config_name")}
-    if description.get("max_eval_samples") is not None:
-        fields["dataset_args"] = {"max_eval_samples": description["max_eval_samples"]}
-    return fields
-
-
-def _value(metrics: dict, key: str) -> float | None:
-    value = metrics.get(key)
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
-def eval_results(results: dict) -> list:
-    """The ``model-index`` entries (:class:`huggingface_hub.EvalResult`) of a run's ``all_results.json``: per metric
-    of the task, the clean value once (it does not depend on the attack) and the adversarial value of each attack,
-    with the attack's config and the task options as ``metric_args``. Undefined values (``null``/NaN) are left out.
-
-    >>> results = {"task": "classification", "task_options": {"loss": "ce"},
-    ...            "dataset": {"source": "ylecun/mnist", "split": "test", "config_name": None},
-    ...            "results": [{"k": 10, "attack": {"attack": "SparsePGD", "k": 10, "steps": 100},
-    ...                         "metrics": {"clean_accuracy": 0.75, "robust_accuracy": 0.25}}]}
-    >>> [(r.task_type, r.dataset_type, r.metric_type, r.metric_name, r.metric_value) for r in eval_results(results)]
-    ... # doctest: +NORMALIZE_WHITESPACE
-    [('image-classification', 'ylecun/mnist', 'accuracy', 'clean accuracy', 0.75),
-     ('image-classification', 'ylecun/mnist', 'accuracy', 'robust accuracy (SparsePGD, k=10)', 0.25)]
-    >>> eval_results(results)[1].metric_args
-    {'attack': 'SparsePGD', 'k': 10, 'steps': 100, 'task_options': {'loss': 'ce'}}
-    """
-    from huggingface_hub import EvalResult
-
-    task = _export_of(results.get("task"))
-    if not results.get("results"):
-        raise ExportError("the results hold no attack (an empty 'results' list)")
-    common = {"task_type": task.task_type, "task_name": task.task_name,
-              **_dataset_card_fields(results["dataset"])}
-    out = []
-    for metric in task.metrics:
-        clean = _value(results["results"][0]["metrics"], metric.clean_key)
-        if clean is not None:
-            out.append(EvalResult(**common, metric_type=metric.metric_type, metric_name=metric.clean_name,
-                                  metric_value=clean))
-        for entry in results["results"]:
-            value = _value(entry["metrics"], metric.adversarial_key)
-            if value is not None:
-                args = {**entry["attack"], "task_options": results.get("task_options")}
-                out.append(EvalResult(**common, metric_type=metric.metric_type, metric_value=value,
-                                      metric_name=f"{metric.adversarial_name} ({entry['attack']['attack']}, "
-                                                  f"k={entry['k']})", metric_args=args))
-    return out
-
-
-def _body(results: dict) -> str:
-    """The card's text: what was evaluated, and a table of clean and adversarial values."""
-    task = _export_of(results["task"])
-    samples = results.get("samples", {})
-    head = ["attack", "k"] + [name for m in task.metrics for name in (m.clean_name, m.adversarial_name)]
-    rows = []
-    for entry in results["results"]:
-        values = [_value(entry["metrics"], key) for m in task.metrics for key in (m.clean_key, m.adversarial_key)]
-        rows.append([entry["attack"]["attack"], str(entry["k"]), *("n/a" if v is None else f"{v:.4f}" for v in values)])
-    table = "\n".join("| " + " | ".join(row) + " |" for row in [head, ["---"] * len(head), *rows])
-    version = results.get("versions", {}).get("hf-sparse-attack") or "(version unknown)"
-    dataset = results["dataset"]
-    return (f"# Sparse adversarial robustness of {results['model_name_or_path']}\n\n"
-            f"{task.task_name}, evaluated with hf-sparse-attack {version} on "
-            f"`{dataset.get('source')}` (split {dataset.get('split')}): {samples.get('evaluated')} samples evaluated, "
-            f"{samples.get('skipped')} skipped. k counts perturbed pixels (L0); each attack's configuration is in "
-            f"the `args` of its metrics above.\n\n{table}\n")
-
-
-def model_card(results: dict, model_name: str | None = None) -> Any:
-    """A :class:`huggingface_hub.ModelCard` of a run's ``all_results.json``: :func:`eval_results` as its
-    ``model-index`` (named ``model_name``, default the run's ``model_name_or_path``) and a table of the values.
-
-    >>> results = {"task": "segmentation", "model_name_or_path": "nvidia/mit-b0", "task_options": {},
-    ...            "dataset": {"source": "scene_parse_150", "split": "validation", "config_name": None},
-    ...            "samples": {"evaluated": 8, "skipped": 0},
-    ...            "results": [{"k": 40, "attack": {"attack": "SparsePGD", "k": 40},
-    ...                         "metrics": {"miou_clean": 0.5, "miou_adversarial": 0.125}}]}
-    >>> card = model_card(results)
-    >>> [(r.metric_type, r.metric_value) for r in card.data.eval_results]
-    [('mean_iou', 0.5), ('mean_iou', 0.125)]
-    >>> print(str(card).split("---")[1].strip().splitlines()[0:3])
-    ['model-index:', '- name: nvidia/mit-b0', '  results:']
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    data = ModelCardData(model_name=model_name or results["model_name_or_path"], eval_results=eval_results(results))
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(results)}")
-
-
-def _offline() -> bool:
-    from huggingface_hub import is_offline_mode
-
-    return is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _check_hub(flag: str, repo_id: str, repo_type: str) -> None:
-    """The Hub can take a push to ``repo_id`` now: a valid id, online, a valid token (and, for a model card, the
-    model repository exists); :class:`ExportError` naming ``flag`` otherwise."""
-    import huggingface_hub
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise ExportError(f"{flag} {repo_id!r} is not a Hub repository id ('name' or 'owner/name'): {err}") from None
-    if _offline():
-        raise ExportError(f"{flag} {repo_id}: the Hugging Face Hub is in offline mode (HF_HUB_OFFLINE); unset it to "
-                          "push, or drop the flag (the results are written to the output dir either way)")
-    if not huggingface_hub.get_token():
-        raise ExportError(f"{flag} {repo_id}: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN")
-    api = huggingface_hub.HfApi()
-    try:
-        api.whoami()
-        if repo_type == "model":
-            api.model_info(repo_id)
-    except Exception as err:  # noqa: BLE001 - network errors, HTTP errors and bad tokens alike stop the run here
-        raise ExportError(f"{flag} {repo_id}: cannot use the Hugging Face Hub ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); check the network, your token and the "
-                          "repository, or drop the flag") from None
-
-
-def check_sharing(args: argparse.Namespace) -> None:
-    """Check the sharing flags before anything heavy and turn on ``--save_adversarial`` for ``--export_dataset``;
-    :class:`ExportError` (or :class:`~.records.OutputDirError`) on the first problem.
-
-    >>> check_sharing(argparse.Namespace(export_dataset=None, push_to_hub="me/adv", push_model_card=None))
-    Traceback (most recent call last):
-    ...
-    hf_sparse_attack.evaluation.harness.export.ExportError: --push_to_hub pushes the dataset of ...
-    """
-    export, push, card = (getattr(args, name, None) for name in ("export_dataset", "push_to_hub", "push_model_card"))
-    if push is not None and export is None:
-        raise ExportError("--push_to_hub pushes the dataset of --export_dataset: pass --export_dataset DIR too")
-    if export is not None:
-        _check_export_dir(Path(export).expanduser(), Path(args.output_dir).expanduser(), args.overwrite)
-        args.save_adversarial = True
-    if push is not None:
-        _check_hub("--push_to_hub", push, "dataset")
-    if card is not None:
-        _check_hub("--push_model_card", card, "model")
-
-
-def _check_replaceable(path: Path, what: str, overwrite: bool) -> None:
+def check_replaceable(path: Path, what: str, overwrite: bool) -> None:
     """``path`` is new, empty, or an earlier export (then only with ``overwrite``): what an export may replace."""
     found = guard_output_dir(path, lambda p: list(p.iterdir()), True, str)
     if found and not (path / DATASET_MARK).is_file():
@@ -468,51 +275,3 @@ def _check_replaceable(path: Path, what: str, overwrite: bool) -> None:
         raise ExportError(f"{what} {str(path)!r} already holds a dataset; pass --overwrite to replace it")
 
 
-def _check_export_dir(path: Path, output_dir: Path, overwrite: bool) -> None:
-    """``path`` can take the exported dataset: not the run's output dir, above it or inside its outputs; empty, new,
-    or an earlier export with ``overwrite``; its parent writable."""
-    resolved, out = path.resolve(), output_dir.resolve()
-    if out.is_relative_to(resolved) or (resolved.is_relative_to(out) and resolved.relative_to(out).parts[0] in OUTPUTS):
-        raise ExportError(f"--export_dataset {str(path)!r} is or holds the run's output dir or its outputs; choose "
-                          "another directory")
-    _check_replaceable(path, "--export_dataset", overwrite)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as err:
-        raise OutputDirError(f"--export_dataset {str(path)!r}: its directory is not writable: {err}") from err
-
-
-def share_results(spec: Any, objective: Any, dataset: Any, run: RunDirectory, args: argparse.Namespace) -> None:
-    """Main process, after ``all_results.json``: write ``model_card.md``; with ``--export_dataset`` export the
-    adversarial examples (:func:`export_dataset`); push them (``--push_to_hub``) and the results
-    (``--push_model_card``) when asked. A failed push says how to push what was written."""
-    import huggingface_hub
-
-    results = json.loads((run.path / RESULTS_FILE).read_text())
-    atomic_write(run.path / MODEL_CARD_FILE, str(model_card(results)))
-    logger.info("model card (model-index) in %s", run.path / MODEL_CARD_FILE)
-    export = getattr(args, "export_dataset", None)
-    if export is not None:
-        exported = export_dataset(spec, objective, dataset, run.path, Path(export).expanduser())
-        logger.info("adversarial examples exported to %s: %s", export,
-                    {split: len(rows) for split, rows in exported.items()})
-        if args.push_to_hub is not None:
-            try:
-                exported.push_to_hub(args.push_to_hub)
-            except Exception as err:  # noqa: BLE001 - any failure of the upload: the dataset is on disk
-                raise ExportError(f"--push_to_hub {args.push_to_hub}: the upload failed ({type(err).__name__}: {err}); "
-                                  f"the dataset is in {export}: push it with datasets.load_from_disk({export!r})."
-                                  f"push_to_hub({args.push_to_hub!r})") from None
-            logger.info("dataset pushed to https://huggingface.co/datasets/%s", args.push_to_hub)
-    card = getattr(args, "push_model_card", None)
-    if card is not None:
-        metadata = model_card(results, model_name=card).data.to_dict()
-        try:
-            url = huggingface_hub.metadata_update(card, {"model-index": metadata["model-index"]}, create_pr=True,
-                                                  commit_message="Add sparse adversarial robustness results")
-        except Exception as err:  # noqa: BLE001 - any failure of the upload: the card is on disk
-            raise ExportError(f"--push_model_card {card}: the pull request failed ({type(err).__name__}: {err}); "
-                              f"the card is in {run.path / MODEL_CARD_FILE}") from None
-        logger.info("pull request with the results on %s: %s", card, url)

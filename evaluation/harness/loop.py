@@ -46,7 +46,6 @@ from .batch import (
 )
 from .data import DataError, EvalDataset, Sample
 from .device_flags import autocast
-from .export import check_sharing, share_results
 from .metrics import CONVENTIONS
 from .pictures import save_curve, save_grid
 from .processes import check_shared_dir, compute_all, metric_group, setup, start_logging
@@ -54,6 +53,7 @@ from .progress import attack_length
 from .records import RECORDS_FILE, RESULTS_FILE, RunDirectory, load_png
 from .report import RunningMetric, metric_table
 from .script_flags import check_args, settings
+from .sharing import check_sharing, share_results
 from .task_spec import TaskSpec
 
 logger = get_logger(__name__)

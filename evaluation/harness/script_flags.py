@@ -79,7 +79,7 @@ def build_parser(task: str | None, description: str = "", transfer: bool = False
     run.add_argument("--stop_after_batches", type=int,
                      help="stop after N batches per process (a time-sliced job); rerun the command to continue")
     if not transfer:
-        share = parser.add_argument_group("sharing (see hf_sparse_attack.evaluation.harness.export)")
+        share = parser.add_argument_group("sharing (see hf_sparse_attack.evaluation.harness.sharing)")
         share.add_argument("--export_dataset", metavar="DIR", help="write the adversarial examples as a datasets "
                            "dataset (save_to_disk; one split k<K> per budget, model-frame images; implies "
                            "--save_adversarial); output_dir/model_card.md is written in any case")
