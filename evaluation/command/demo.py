@@ -36,6 +36,7 @@ from hf_sparse_attack.evaluation.harness.command_line import (
     default_threads,
     run_script,
 )
+from hf_sparse_attack.evaluation.harness.device_flags import add_device_arguments
 
 RESULTS = "demo_results.json"
 INDEX = "index.html"
@@ -106,9 +107,12 @@ def run_task(demo: DemoTask, args: argparse.Namespace, root: Path) -> dict:
     if data.exists():
         shutil.rmtree(data)
     write_dataset(demo.task, args.samples, data)
+    precision = ["--device", args.device, "--torch_dtype", args.torch_dtype, "--ddp_timeout", str(args.ddp_timeout)]
+    if args.mixed_precision:
+        precision += ["--mixed_precision", args.mixed_precision]
     argv = ["--model_name_or_path", str(model_path(demo.model)), "--dataset_name", str(data), "--attack", "spgd",
             "--k", str(demo.k), "--steps", str(demo.steps), "--per_device_eval_batch_size", "16",
-            "--num_threads", str(args.num_threads), "--output_dir", str(output), *demo.flags]
+            "--num_threads", str(args.num_threads), "--output_dir", str(output), *precision, *demo.flags]
     demo.script.main(argv + ["--overwrite"] if args.overwrite else argv)
     results = json.loads((output / RESULTS_FILE).read_text())
     (entry,) = results["results"]
@@ -252,6 +256,7 @@ def build_parser() -> Parser:
     parser.add_argument("--samples", type=int, default=32,
                         help=f"generated images per task, 1 to {MAX_SAMPLES}")
     parser.add_argument("--num_threads", type=int, help=THREADS_HELP)
+    add_device_arguments(parser.add_argument_group("device and precision (passed to each evaluation)"))
     return parser
 
 
