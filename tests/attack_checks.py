@@ -36,7 +36,7 @@ def assert_valid_result(result, x, k, kernel=None, stride=1):
 def assert_batch_invariant(attack, model, x, y, ids):
     """A sample's result depends on its id only: alone, in the batch or in a shuffled batch, the same image, loss
     and iteration count."""
-    together = attack(model, x, y, ids=ids)
+    together = assert_valid_result(attack(model, x, y, ids=ids), x, attack.k, attack.kernel, attack.stride)
     for i in range(x.shape[0]):
         alone = attack(model, x[i : i + 1], y[i : i + 1], ids=[ids[i]])
         assert torch.equal(alone.adversarial[0], together.adversarial[i])
@@ -47,6 +47,8 @@ def assert_batch_invariant(attack, model, x, y, ids):
 
 def assert_seeded(make_attack, model, x, y):
     """``make_attack(seed)`` gives the same result for the same seed and another for another seed."""
-    a, b, c = (make_attack(seed)(model, x, y) for seed in (1, 1, 2))
+    attacks = [make_attack(seed) for seed in (1, 1, 2)]
+    a, b, c = (assert_valid_result(attack(model, x, y), x, attack.k, attack.kernel, attack.stride)
+               for attack in attacks)
     assert torch.equal(a.adversarial, b.adversarial)
     assert not torch.equal(a.adversarial, c.adversarial)

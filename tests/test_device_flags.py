@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from attack_checks import assert_valid_result
 
 from hf_sparse_attack import ClassifierObjective, SparsePGD
 from hf_sparse_attack.evaluation import eval_classification
@@ -41,6 +42,7 @@ def test_the_bar_moves_with_each_forward_pass_and_ends_at_the_attack_length():
         watched = AttackProgress(ClassifierObjective(model, "ce", targeted=early), bar)
         with watched.running(attack):
             result = attack(watched, x, target)
+        assert_valid_result(result, x, attack.k)
         assert bar.n == attack_length(attack) == 13
         passes = 1 + int(result.iterations.max())
         assert bar.positions[:passes] == list(range(1, passes + 1))  # one step per forward pass, then the top-up

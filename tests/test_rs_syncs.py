@@ -8,6 +8,7 @@ pays a fixed number of one-off syncs: the checks of the inputs, the clean check,
 import pytest
 import torch
 from analytic import make_model, needing_exactly
+from attack_checks import assert_valid_result
 
 from hf_sparse_attack import kernels
 from hf_sparse_attack.evaluation.benchmarks.host_syncs import HostSyncCounter
@@ -38,9 +39,10 @@ class NeverFooled:
 
 
 def count_syncs(attack, objective, x, targets):
+    """The host syncs of one attack call, and its result (audited independently)."""
     with HostSyncCounter() as syncs:
         result = attack(objective, x, targets)
-    return syncs.count, result
+    return syncs.count, assert_valid_result(result, x, attack.k, attack.kernel, attack.stride)
 
 
 @pytest.mark.parametrize("mode", SETTINGS)

@@ -218,10 +218,10 @@ def attack_images(objective, attacks: list, prepared: list, files: list[Path], a
     from hf_sparse_attack.objective import select
 
     entries, watched = [], AttackProgress(objective, bar)
+    position = {file: i for i, file in enumerate(files)}
     for group in image_batches(prepared, args.per_device_batch_size):
         x, targets = stack(group)
-        x = x.to(objective.device)
-        ids = [files.index(item[0]) for item in group]
+        ids = [position[item[0]] for item in group]
         todo = []
         for i, (file, *_) in enumerate(group):
             mine = select(targets, [i])

@@ -176,7 +176,6 @@ class Opened:
     """A run past its checks, with its models loaded (:func:`open_evaluation`)."""
 
     attacks: list
-    checked: dict[str, Any]  # model name -> tasks.CheckedModel
     accelerator: Any
     run: RunDirectory
     dataset: EvalDataset
@@ -201,7 +200,7 @@ def open_evaluation(spec: TaskSpec, args: argparse.Namespace, models: list[str],
     dataset = load_data(spec, args, checked[attacked[0]].label2id)
     start_logging()
     objectives = {name: load_objective(spec, name, args, accelerator.device) for name in models}
-    return Opened(attacks, checked, accelerator, run, dataset, objectives, start_run(accelerator, run, resume))
+    return Opened(attacks, accelerator, run, dataset, objectives, start_run(accelerator, run, resume))
 
 
 def run_evaluation(spec: TaskSpec, args: argparse.Namespace) -> dict | None:
