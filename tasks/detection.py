@@ -24,7 +24,7 @@ Losses, per image and without any collective (``outputs.loss`` is never used):
 
 - ``"hungarian"``: DETR's set loss. Queries are matched to targets per image with the config's matching costs
   (:mod:`tasks.matching`: the batch's cost matrices on the device at once, over targets padded to the batch's
-  most, then each image's assignment on the host, one transfer each way); then class loss +
+  most, then each image's assignment on the host, one host wait per batch); then class loss +
   ``bbox_loss_coefficient`` * L1 + ``giou_loss_coefficient`` * (1 - GIoU), the box terms summed over matched
   pairs and divided by ``max(n, 1)``. Class loss: softmax heads, the cross-entropy over all queries with weight
   ``eos_coefficient`` on "no object", a weighted mean; sigmoid heads, the sigmoid focal loss (``focal_alpha``,

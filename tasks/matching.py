@@ -4,10 +4,11 @@ The matching cost of query ``q`` and target ``j`` is
 ``class_weight * class_cost[q, j] + bbox_weight * L1(box_q, box_j) - giou_weight * GIoU(box_q, box_j)``, with
 boxes normalised ``cxcywh``. The class cost depends on the head (see :mod:`tasks.detection`) and is given.
 
-A batch is matched in three steps, so that it costs one transfer each way whatever its size:
+A batch is matched in three steps, so that it costs one transfer each way whatever its size, and one host wait:
 :func:`matching_costs` computes every image's cost matrix on the device in one batched op, over targets padded
 to the batch's most; :func:`assign` moves them to the host at once, solves each image's assignment there (only
-its first ``counts[i]`` targets) and moves all the matched indices back to the device at once.
+its first ``counts[i]`` targets) and moves all the matched indices back to the device at once (a non-blocking
+copy from pinned memory on CUDA: the host does not wait for it).
 :func:`match_queries` does the same for one image.
 
 >>> import torch

@@ -2,8 +2,9 @@
 
 An attack iteration measures the batch (``hf_sparse_attack.objective.measure``: loss, success, score) and
 back-propagates the loss; every sync there makes a GPU wait once per iteration. The adapters' own budget: none
-for classification and segmentation, at most 2 for detection (its Hungarian matching: the batch's cost matrices
-to the host, the matched indices back), whatever the batch size. Syncs made inside transformers' own code are the
+for classification and segmentation, at most 1 for detection (its Hungarian matching: the batch's cost matrices
+to the host; the matched indices go back in a non-blocking copy from pinned memory, which the host does not wait
+for), whatever the batch size: with the attack loop's one, 2 per iteration for every task. Syncs made inside transformers' own code are the
 model's and are counted apart: the DETR-family forward checks its attention masks on the host
 (``padding_mask.all()``), which no adapter can avoid; they must not grow with the batch either.
 """
@@ -96,12 +97,12 @@ def test_classification_and_segmentation_measure_without_a_sync(model_dirs, fami
 
 @pytest.mark.parametrize("family", ["detr", "conditional_detr"])  # softmax and sigmoid heads
 @pytest.mark.parametrize("loss", DETECTION_LOSSES)
-def test_detection_measures_with_at_most_two_syncs_whatever_the_batch(model_dirs, family, loss):
+def test_detection_measures_with_at_most_one_sync_whatever_the_batch(model_dirs, family, loss):
     objective = load_task(model_dirs[family], loss=loss)
     counts = []
     for batch in BATCHES:
         syncs = syncs_of_a_step(objective, *detection_batch(objective, batch))
-        assert syncs.adapter <= (2 if loss in HUNGARIAN else 0), dict(syncs.by_name)
+        assert syncs.adapter <= (1 if loss in HUNGARIAN else 0), dict(syncs.by_name)
         counts.append((syncs.adapter, syncs.model))
     assert counts[0] == counts[1]
 

@@ -4,6 +4,7 @@
     python evaluation/benchmarks/bench_speed_rs.py --authors_code DIR            # full table (about 5 minutes)
     python evaluation/benchmarks/bench_speed_rs.py --authors_code DIR --quick    # a smoke run (under a minute)
     python evaluation/benchmarks/bench_speed_rs.py                               # our columns only
+    python evaluation/benchmarks/bench_speed_rs.py --authors_code DIR --model linear   # softmax regression
 
 DIR is a folder holding their ``rs_attacks.py`` and ``utils.py`` (``git show HEAD:rs_attacks.py`` and
 ``HEAD:utils.py`` of their repository); they are imported from there, never copied into this repository. They run
@@ -16,7 +17,8 @@ their (uncounted) clean check, our ``queries=Q + 1`` counts the clean check as a
 theirs (ours, theirs, ours, theirs, ...), round ``r`` with seed ``r`` for both (ours ``seed=r``, theirs
 ``RSAttack(seed=r)``); a cell is the median over the rounds. Robust accuracy is judged alike for both: the model's
 prediction on the returned images equals the label. "in the model" is the part of the time spent in the model's
-forward passes, the same work for both: no implementation of the search can be faster than that.
+forward passes, the same work for both: no implementation of the search can be faster than that. ``--model linear``
+(softmax regression on the digits) makes the model nearly free, so the table then compares the searches themselves.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hf_sparse_attack.evaluation.testdata.digits import digits_split, train_digits_cnn
+from hf_sparse_attack.evaluation.benchmarks.bench_speed import MODELS
+from hf_sparse_attack.evaluation.testdata.digits import digits_split
 from hf_sparse_attack.rs import SparseRS
 
 
@@ -127,18 +130,18 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=297, help="digits test images attacked")
     parser.add_argument("--queries", type=int, default=1000, help="model evaluations per sample after the clean one")
     parser.add_argument("--k", type=int, nargs="+", default=[2], help="budgets in pixels")
+    parser.add_argument("--model", default="cnn", choices=list(MODELS), help="the digits CNN or softmax regression")
     parser.add_argument("--quick", action="store_true", help="50 images, 100 queries, 2 rounds")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
         args.samples, args.queries, args.rounds = 50, 100, 2
     authors = load_authors(args.authors_code) if args.authors_code else None
-    model, _ = train_digits_cnn()
-    model.requires_grad_(False)
+    model = MODELS[args.model]().requires_grad_(False)
     _, (x, y) = digits_split()
     x, y = x[: args.samples], y[: args.samples]
     versus = " vs the authors' code" if authors is not None else ""
-    print(f"\n## Sparse-RS (L0 pixels){versus}: {len(y)} digits test images, {args.queries} queries, margin loss, "
+    print(f"\n## Sparse-RS (L0 pixels){versus}: digits {args.model}, {len(y)} test images, {args.queries} queries, margin loss, "
           f"median of {args.rounds} interleaved rounds, {torch.get_num_threads()} CPU thread; clean accuracy "
           f"{robust_accuracy(model, x, y):.4f}\n")
     if authors is None:

@@ -4,7 +4,10 @@ On a GPU every operation that needs a tensor's values on the host (``item``, ``t
 ``nonzero``, boolean-mask indexing, ...) waits for all queued kernels: a few per iteration make the attack
 latency-bound. This counter treats every tensor as if it lived on an accelerator, so a CPU test can assert the
 count a CUDA run would pay. It is conservative: ``t.to(device)`` counts as a transfer even when ``t`` is there
-already, and ``torch.tensor(values, device=...)`` counts as a host-to-device copy.
+already, and ``torch.tensor(values, device=...)`` counts as a host-to-device copy. A ``to`` with
+``non_blocking=True`` is not counted: the host queues the copy and goes on. The library makes such copies only from
+the host to the device (from pinned memory on CUDA); a non-blocking copy to the host would need a wait before its
+values are read, which this counter cannot see, so none may be written.
 
 >>> import torch
 >>> x = torch.rand(4)
@@ -12,8 +15,11 @@ already, and ``torch.tensor(values, device=...)`` counts as a host-to-device cop
 ...     y = x * 2                      # stays on the device
 ...     flag = bool((y > 1).any())     # one sync
 ...     rows = (y > 1).nonzero()       # one sync
+...     index = torch.arange(3)        # made on the host ...
+...     sent = index.to(x.device)      # ... and sent, waited for: one sync
+...     queued = index.to(x.device, non_blocking=True)  # queued: none
 >>> syncs.count, sorted(syncs.by_name)
-(2, ['__bool__', 'nonzero'])
+(3, ['__bool__', 'nonzero', 'to'])
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ def is_host_sync(name: str, args: tuple, kwargs: dict) -> bool:
     if name in _INDEXING:
         return len(args) > 1 and _has_mask(args[1])
     if name == "to":
-        return _moves_device(args, kwargs)
+        return _moves_device(args, kwargs) and not kwargs.get("non_blocking", False)
     if name in ("tensor", "as_tensor"):
         return kwargs.get("device") is not None and not isinstance(args[0] if args else None, torch.Tensor)
     return False
