@@ -98,7 +98,8 @@ def test_succeeded_samples_stop_querying(model):
     y = torch.zeros(8, dtype=torch.long)
     short = SparseRS(k=3, queries=400)(model, x, y)
     long = SparseRS(k=3, queries=900)(model, x, y)
-    assert_valid_result(short, x, 3)
+    for result in (short, long):
+        assert_valid_result(result, x, 3)
     done = short.success
     assert done[:4].all() and not done[4:].any()
     assert torch.equal(short.adversarial[done], long.adversarial[done])
@@ -251,6 +252,7 @@ def test_half_precision_images_are_attacked_as_in_float32(dtype):
     y, attack = torch.zeros(6, dtype=torch.long), SparseRS(k=20, queries=300)
     reference = attack(OffsetMargin(model, 20000.0), x, y)
     result = attack(OffsetMargin(model, 20000.0), x.to(dtype), y)
+    assert_valid_result(reference, x, 20)
     assert reference.success.all()
     assert result.adversarial.dtype == dtype and result.loss.dtype == torch.float32
     assert_valid_result(result, x.to(dtype), 20)
@@ -265,6 +267,8 @@ def test_sparser_looks_return_the_same_but_send_finished_samples_again(digits):
     every, sparse = CountingObjective(cnn, 40), CountingObjective(cnn, 40)
     reference = SparseRS(k=1, queries=150)(every, x, targets)
     result = SparseRS(k=1, queries=150, check_every=5)(sparse, x, targets)
+    for audited in (reference, result):
+        assert_valid_result(audited, x, 1)
     assert torch.equal(result.adversarial, reference.adversarial)
     assert torch.equal(result.iterations, reference.iterations) and torch.equal(every.counts, reference.iterations)
     extra = sparse.counts - result.iterations  # evaluations after success, until the next look: discarded

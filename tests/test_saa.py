@@ -78,6 +78,8 @@ def test_deterministic_for_a_seed(digits):
     cnn, x, y = digits
     x, y = x[:30], y[:30]
     a, b = small_cascade(k=1)(cnn, x, y), small_cascade(k=1)(cnn, x, y)
+    for result in (a, b):
+        assert_valid_cascade(result, x, 1, stages=3)
     assert torch.equal(a.adversarial, b.adversarial) and torch.equal(a.stage, b.stage)
     assert a.robust_accuracy_per_stage == b.robust_accuracy_per_stage
     seeds = [attack.seed for attack in small_cascade(k=1, seed=1).stages]

@@ -86,6 +86,8 @@ def test_early_stop_leaves_succeeded_samples_unchanged(model):
     y = torch.zeros(8, dtype=torch.long)
     short = SparsePGD(k=3, steps=30)(model, x, y)
     long = SparsePGD(k=3, steps=90)(model, x, y)
+    for result in (short, long):
+        assert_valid_result(result, x, 3)
     done = short.success
     assert done.any() and (short.iterations[done] < 30).all()
     assert torch.equal(short.adversarial[done], long.adversarial[done])

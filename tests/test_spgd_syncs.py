@@ -31,9 +31,10 @@ def model():
 
 
 def count_syncs(attack, model, x, targets, **kwargs):
+    """The attack's result (audited, outside the count) and the syncs of the call."""
     with HostSyncCounter() as syncs:
         result = attack(model, x, targets, **kwargs)
-    return result, syncs
+    return assert_valid_result(result, x, attack.k, attack.kernel, attack.stride), syncs
 
 
 @pytest.mark.parametrize("name", ATTACKS)
@@ -65,7 +66,6 @@ def test_a_conv_classifier_pays_at_most_two_syncs_per_iteration_at_any_batch_siz
         x = torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(batch))
         y = net(x).argmax(1)
         result, syncs = count_syncs(SparsePGD(k=2, steps=STEPS), net, x, y)
-        assert_valid_result(result, x, 2)
         _, fixed = count_syncs(SparsePGD(k=2, steps=1), net, x, y)  # setup and audit: no iteration syncs yet
         iterations = result.iterations.max().item()
         assert 1 < iterations
@@ -91,5 +91,6 @@ def test_list_targets_compact_without_extra_syncs(model):
     objective = ListTargets(model)
     with HostSyncCounter() as syncs:
         result = SparsePGD(k=3, steps=STEPS)(objective, x, targets)
+    assert_valid_result(result, x, 3)
     assert result.success[:4].all() and not result.success[4:].any()
     assert syncs.count / STEPS <= 1.3, dict(syncs.by_name)
